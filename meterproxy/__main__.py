@@ -1,0 +1,3 @@
+from meterproxy.cli import main
+
+main()

@@ -1,0 +1,311 @@
+"""The mitmproxy addon: watch metered flows on the event loop, hand them to the writer.
+
+Every hook here runs on mitmproxy's event loop and does O(1) work per call or chunk: it takes
+references, never parses bodies and never touches the disk. TLS to hosts without a route is
+not intercepted at all (``ignore_connection``), so those clients see the host's own
+certificate. Both ``meterproxy start`` and ``mitmdump -s addons/meterproxy_addon.py`` run this
+same addon.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import certifi
+from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy.connection import ConnectionState
+
+from meterproxy.attribution import (
+    AGENT_HEADER,
+    SESSION_HEADER,
+    STRIPPED_HEADERS,
+    TASK_HEADER,
+    clean_label,
+    client_process_name,
+    is_loopback,
+    proxy_auth_user,
+)
+from meterproxy.errors import MeterproxyError
+from meterproxy.exchange import Abort, Exchange, new_id
+from meterproxy.home import Home
+from meterproxy.meter import Meter
+from meterproxy.pricing import PriceTable
+from meterproxy.providers import PROVIDERS
+from meterproxy.routes import RouteTable
+from meterproxy.tap import ResponseTap
+from meterproxy.writer import LedgerWriter
+
+log = logging.getLogger("meterproxy")
+
+MITMPROXY_DEFAULT_CONFDIR = "~/.mitmproxy"
+SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+KEPT_REQUEST_HEADERS = ("content-type", "content-encoding", "user-agent")
+KEPT_RESPONSE_HEADERS = (
+    "content-type", "content-encoding", "x-request-id", "request-id", "apim-request-id",
+    "x-goog-request-id",
+)
+
+
+@dataclass(slots=True)
+class _Client:
+    """What we know of one client connection."""
+
+    proxy_user: str | None = None
+    process: Future[str | None] | None = None
+
+
+@dataclass(slots=True)
+class _Flow:
+    """A metered flow in progress."""
+
+    flow: http.HTTPFlow
+    exchange: Exchange
+    client: _Client
+    tap: ResponseTap | None = None
+
+
+class MeterAddon:
+    """Meters LLM calls to routed hosts into the ledger of a meterproxy home."""
+
+    def __init__(self) -> None:
+        self.writer: LedgerWriter | None = None
+        self.routes: RouteTable | None = None
+        self._clients: dict[str, _Client] = {}
+        self._flows: dict[str, _Flow] = {}
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meterproxy-proc")
+
+    # --- options -------------------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "meterproxy_home", str, "",
+            "meterproxy home directory (default: $METERPROXY_HOME or ~/.meterproxy).",
+        )
+        loader.add_option(
+            "meterproxy_routes", Sequence[str], [],
+            "Extra metered hosts, as HOST[:PORT]=PROVIDER.",
+        )
+        loader.add_option(
+            "meterproxy_upstream_ca", str, "",
+            "A CA bundle trusted for upstream TLS, in addition to the public roots.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if not {"meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca"} & updated:
+            return
+        try:
+            home = Home.resolve(ctx.options.meterproxy_home or None).ensure()
+            config = home.load_config()
+            self.routes = RouteTable.build(ctx.options.meterproxy_routes, config.routes, PROVIDERS)
+            meter = Meter(PriceTable.load(home.root / "pricing.toml"))
+            upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
+            bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
+            writer = LedgerWriter(home.ledger, meter)
+            writer.start()
+        except MeterproxyError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = writer
+        changes: dict[str, object] = {}
+        if ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
+            changes["confdir"] = str(home.certs)
+        if bundle is not None:
+            changes["ssl_verify_upstream_trusted_ca"] = str(bundle)
+        if changes:
+            ctx.options.update(**changes)
+
+    def done(self) -> None:
+        for state in self._flows.values():
+            self._finish(state)
+            state.exchange.error = "proxy shut down before the call finished"
+            self._submit(state)
+        self._flows.clear()
+        if self.writer is not None:
+            self.writer.close()
+        self._lookups.shutdown(wait=False, cancel_futures=True)
+
+    # --- connections ---------------------------------------------------------------------
+
+    def client_connected(self, client: connection.Client) -> None:
+        state = self._clients[client.id] = _Client()
+        peer, sock = client.peername, client.sockname
+        if peer and sock and is_loopback(str(peer[0])):
+            state.process = self._lookups.submit(client_process_name, peer[1], sock[1])
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._clients.pop(client.id, None)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        user = proxy_auth_user(flow.request.headers.get("proxy-authorization"))
+        if user:
+            self._client(flow).proxy_user = user
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        address = data.context.server.address
+        host = data.client_hello.sni or (address[0] if address else None)
+        if not host or not address or self.routes is None:
+            data.ignore_connection = True
+        elif self.routes.provider_for(host, address[1]) is None:
+            data.ignore_connection = True
+
+    # --- flows ---------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        provider = self.routes.provider_for(flow.request.host, flow.request.port) if self.routes else None
+        if provider is None:
+            return
+        request = flow.request
+        path, _, query_text = request.path.partition("?")
+        query = dict(request.query.items(multi=False)) if query_text else {}
+        exchange = Exchange(
+            id=new_id(request.timestamp_start),
+            provider=provider,
+            scheme=request.scheme,
+            host=request.host,
+            port=request.port,
+            method=request.method,
+            path=path,
+            query=query,
+            request_headers={},
+            request_body=b"",
+            started_at=request.timestamp_start,
+        )
+        self._flows[flow.id] = _Flow(flow, exchange, self._client(flow))
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.get(flow.id)
+        headers = flow.request.headers
+        if state is None:
+            if "proxy-authorization" in headers:
+                del headers["proxy-authorization"]
+            return
+        ex = state.exchange
+        ex.agent = clean_label(headers.get(AGENT_HEADER)) or proxy_auth_user(
+            headers.get("proxy-authorization")
+        )
+        ex.session = clean_label(headers.get(SESSION_HEADER))
+        ex.task = clean_label(headers.get(TASK_HEADER))
+        for name in STRIPPED_HEADERS:
+            if name in headers:
+                del headers[name]
+        ex.request_headers = {h: headers[h] for h in KEPT_REQUEST_HEADERS if h in headers}
+        ex.secrets = _secrets(flow.request)
+        ex.request_body = flow.request.raw_content or b""
+        ex.request_bytes = len(ex.request_body)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        assert response is not None
+        state = self._flows.get(flow.id)
+        if state is None:
+            response.stream = True  # unmetered: pass through unbuffered
+            return
+        state.tap = ResponseTap(response.headers.get("content-encoding", ""))
+        response.stream = state.tap
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.pop(flow.id, None)
+        if state is not None:
+            self._finish(state)
+            self._submit(state)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.pop(flow.id, None)
+        if state is None:
+            return
+        self._finish(state)
+        message = flow.error.msg if flow.error else "unknown error"
+        state.exchange.error = message
+        state.exchange.abort = _abort_side(flow, message)
+        self._submit(state)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _client(self, flow: http.HTTPFlow) -> _Client:
+        return self._clients.setdefault(flow.client_conn.id, _Client())
+
+    def _finish(self, state: _Flow) -> None:
+        ex, flow = state.exchange, state.flow
+        ex.ended_at = time.time()
+        if flow.response is not None:
+            ex.status = flow.response.status_code
+            headers = flow.response.headers
+            ex.response_headers = {h: headers[h] for h in KEPT_RESPONSE_HEADERS if h in headers}
+        if state.tap is not None:
+            ex.first_byte_at = state.tap.first_byte_at
+            ex.response_bytes = state.tap.wire_bytes
+            ex.response = state.tap  # joined later, on the writer thread
+        elif flow.response is not None and flow.response.raw_content:
+            # Not streamed (e.g. a response an addon set): small and already in memory.
+            ex.response = ResponseTap(ex.response_headers.get("content-encoding", ""))
+            ex.response(flow.response.raw_content)
+            ex.response_bytes = len(flow.response.raw_content)
+
+    def _submit(self, state: _Flow) -> None:
+        ex = state.exchange
+        if not ex.agent:
+            ex.agent = state.client.proxy_user
+        ex.client_process = state.client.process
+        if not ex.ended_at:
+            ex.ended_at = time.time()
+        if self.writer is not None:
+            self.writer.submit(ex)
+
+    def in_flight(self) -> int:
+        """Metered calls still in progress (for a graceful shutdown)."""
+        return len(self._flows)
+
+
+def _secrets(request: http.Request) -> tuple[str, ...]:
+    """Credential values in a request: scrubbed from anything stored, never stored themselves."""
+    values = []
+    for name in SECRET_HEADERS:
+        for value in request.headers.get_all(name):
+            values.append(value)
+            scheme, _, token = value.partition(" ")
+            if token and scheme.lower() in ("bearer", "basic", "token"):
+                values.append(token.strip())
+    for key, value in request.query.items(multi=True):
+        if key.lower() in ("key", "api_key", "api-key") and value:
+            values.append(value)
+    return tuple(v for v in values if len(v) >= 8)
+
+
+def _abort_side(flow: http.HTTPFlow, message: str) -> Abort | None:
+    """Which side hung up, or None when the call failed without a hang-up (e.g. connect error)."""
+    client_gone = not (flow.client_conn.state & ConnectionState.CAN_READ)
+    if message.startswith("Client disconnected") or client_gone:
+        return "client"
+    if message.startswith("stream reset by client") and flow.client_conn.alpn == b"h2":
+        # mitmproxy uses this text for resets from either side; only the client speaks h2 here.
+        if flow.server_conn.alpn != b"h2":
+            return "client"
+    if flow.response is not None:
+        return "upstream"
+    if message in ("server closed connection", "peer closed connection") or message.startswith(
+        "unexpected server response"
+    ):
+        return "upstream"
+    return None
+
+
+def _upstream_bundle(home: Home, extra_ca: Path) -> Path:
+    """Public roots plus ``extra_ca``, written to the home: mitmproxy trusts one file only."""
+    try:
+        extra = extra_ca.read_bytes()
+    except OSError as e:
+        raise MeterproxyError(f"cannot read upstream CA {extra_ca}: {e.strerror}") from e
+    if b"-----BEGIN CERTIFICATE-----" not in extra:
+        raise MeterproxyError(f"upstream CA {extra_ca} holds no PEM certificate")
+    bundle = home.upstream_bundle
+    with open(bundle, "wb") as out, open(certifi.where(), "rb") as roots:
+        shutil.copyfileobj(roots, out)
+        out.write(b"\n" + extra)
+    return bundle

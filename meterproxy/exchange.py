@@ -1,0 +1,71 @@
+"""What the proxy hands to the meter: one request/response pair, as plain data.
+
+An :class:`Exchange` holds no mitmproxy objects, so the background writer can work on it
+while the proxy forgets the flow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Literal
+
+from meterproxy.tap import Body, ResponseTap
+
+Abort = Literal["client", "upstream"]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request to a metered host and what came back."""
+
+    id: str
+    provider: str
+    scheme: str
+    host: str
+    port: int
+    method: str
+    path: str
+    """The path without its query string (queries can carry API keys)."""
+    query: dict[str, str]
+    request_headers: dict[str, str]
+    request_body: bytes
+    started_at: float
+    ended_at: float = 0.0
+    first_byte_at: float | None = None
+    status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response: Body | ResponseTap = field(default_factory=Body)
+    """The response body, or the tap that watched it (read with :meth:`body`)."""
+    request_bytes: int = 0
+    response_bytes: int = 0
+    """Bytes on the wire (before content decoding)."""
+    error: str | None = None
+    abort: Abort | None = None
+    agent: str | None = None
+    session: str | None = None
+    task: str | None = None
+    client_process: str | Future[str | None] | None = None
+    secrets: tuple[str, ...] = ()
+    """Credential values the request carried; used only to scrub them from what is stored."""
+
+
+    def body(self) -> Body:
+        """The response body as kept; joins a tap's chunks (off the event loop)."""
+        if isinstance(self.response, ResponseTap):
+            self.response = self.response.body()
+        return self.response
+
+
+def new_id(now: float | None = None) -> str:
+    """A sortable unique id: 48-bit milliseconds then 80 random bits, Crockford base32."""
+    millis = int((time.time() if now is None else now) * 1000)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(alphabet[digit])
+    return "".join(reversed(chars))

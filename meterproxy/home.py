@@ -1,0 +1,98 @@
+"""The meterproxy home directory and its optional ``config.toml``.
+
+``METERPROXY_HOME`` (default ``~/.meterproxy``) holds ``certs/`` (the mitmproxy confdir),
+``ledger.db`` and ``config.toml``. Every command takes ``--home DIR`` to point elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from meterproxy.errors import MeterproxyError
+
+DEFAULT_HOME = "~/.meterproxy"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProxySettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8788, ge=0, le=65535)
+    upstream_ca: str | None = None
+
+
+class Config(_Section):
+    """The schema of ``config.toml``; unknown keys are errors, so typos never pass silently."""
+
+    routes: dict[str, str] = Field(default_factory=dict)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
+
+
+@dataclass(frozen=True)
+class Home:
+    """Paths inside one meterproxy home directory."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | None = None) -> Home:
+        raw = home or os.environ.get("METERPROXY_HOME") or DEFAULT_HOME
+        return cls(Path(raw).expanduser().absolute())
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.certs / "mitmproxy-ca-cert.pem"
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.certs / "ca-bundle.pem"
+
+    @property
+    def upstream_bundle(self) -> Path:
+        return self.certs / "upstream-ca-bundle.pem"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.db"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.toml"
+
+    def ensure(self) -> Home:
+        """Create the home and certs directories (private to the user)."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.certs.mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise MeterproxyError(f"cannot use home directory {self.root}: {e.strerror}") from e
+        return self
+
+    def load_config(self) -> Config:
+        """Read ``config.toml``; a missing file means defaults, a bad one a clear error."""
+        path = self.config_file
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return Config()
+        except (OSError, UnicodeDecodeError) as e:
+            raise MeterproxyError(f"{path}: cannot read: {e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise MeterproxyError(f"{path}: {e}") from e
+        try:
+            return Config.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise MeterproxyError(f"{path}: {where}: {first['msg']}") from e

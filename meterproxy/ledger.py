@@ -1,0 +1,135 @@
+"""The SQLite ledger: schema (sqlite-utils migrations), connection setup, inserts and reads.
+
+One row in ``calls`` per LLM request; other requests to metered hosts (model lists, files...)
+go to ``api_calls`` and never into spend. Timestamps are ISO-8601 UTC with milliseconds
+(``2026-11-22T09:15:02.123Z``), so they sort as text and index well.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from meterproxy.errors import MeterproxyError
+
+migrations = Migrations("meterproxy")
+
+CALL_COLUMNS: dict[str, type] = {
+    "id": str,
+    "started_at": str,
+    "duration_ms": int,
+    "ttft_ms": int,
+    "provider": str,
+    "host": str,
+    "endpoint": str,
+    "request_model": str,
+    "model": str,
+    "stream": int,
+    "status": int,
+    "outcome": str,
+    "agent": str,
+    "session": str,
+    "task": str,
+    "client_process": str,
+    "provider_request_id": str,
+    "response_id": str,
+    "input_tokens": int,
+    "output_tokens": int,
+    "cache_read_tokens": int,
+    "cache_write_tokens": int,
+    "reasoning_tokens": int,
+    "cache_write_1h_tokens": int,
+    "usage_source": str,
+    "usage_note": str,
+    "cost_usd": float,
+    "cost_picousd": int,
+    "cost_source": str,
+    "pricing_version": str,
+    "rates": str,
+    "provider_cost_usd": float,
+    "usage_raw": str,
+    "error": str,
+    "request_bytes": int,
+    "response_bytes": int,
+    "request_preview": str,
+    "response_preview": str,
+    "redactions": int,
+    "request_body": bytes,
+    "response_body": bytes,
+    "headers": str,
+}
+
+API_CALL_COLUMNS: dict[str, type] = {
+    "id": str,
+    "started_at": str,
+    "duration_ms": int,
+    "provider": str,
+    "host": str,
+    "method": str,
+    "endpoint": str,
+    "status": int,
+    "outcome": str,
+    "agent": str,
+    "session": str,
+    "task": str,
+    "client_process": str,
+    "request_bytes": int,
+    "response_bytes": int,
+    "error": str,
+}
+
+
+@migrations()
+def m001_calls(db: Database) -> None:
+    db["calls"].create(CALL_COLUMNS, pk="id", not_null={"started_at"})
+    db["calls"].create_index(["started_at"])
+    db["calls"].create_index(["agent", "started_at"])
+    db["calls"].create_index(["model", "started_at"])
+    db["api_calls"].create(API_CALL_COLUMNS, pk="id", not_null={"started_at"})
+    db["api_calls"].create_index(["started_at"])
+
+
+def iso_utc(timestamp: float) -> str:
+    """Epoch seconds as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def connect(path: Path) -> Database:
+    """Open the ledger (creating it if needed), in WAL mode, migrated to the current schema."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db = Database(conn)
+        db.enable_wal()
+        db.execute("PRAGMA synchronous=NORMAL")
+        migrations.apply(db)
+    except (OSError, sqlite3.Error) as e:
+        raise MeterproxyError(f"cannot open ledger {path}: {e}") from e
+    return db
+
+
+def insert_rows(db: Database, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Insert rows (missing keys are NULL); a row whose id is already stored is skipped."""
+    rows = list(rows)
+    if not rows:
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    placeholders = ", ".join("?" for _ in columns)
+    sql = f"INSERT OR IGNORE INTO [{table}] ({', '.join(columns)}) VALUES ({placeholders})"
+    db.conn.executemany(sql, [tuple(row.get(c) for c in columns) for row in rows])
+
+
+def recent_calls(db: Database, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` calls, newest first."""
+    cursor = db.execute(
+        f"SELECT {', '.join(CALL_COLUMNS)} FROM calls ORDER BY started_at DESC, id DESC LIMIT ?",
+        [limit],
+    )
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]

@@ -1,0 +1,182 @@
+"""Turn an :class:`Exchange` into a ledger row: parse usage, decide the outcome, price it.
+
+Runs on the background writer thread, never on the proxy's event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import Future
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from meterproxy.exchange import Exchange
+from meterproxy.ledger import iso_utc
+from meterproxy.pricing import PICO, PriceTable
+from meterproxy.providers import get_provider
+from meterproxy.providers.base import ParsedResponse, RequestInfo
+from meterproxy.tap import decode_body
+from meterproxy.usage import Usage
+
+log = logging.getLogger("meterproxy")
+
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "apim-request-id", "x-goog-request-id")
+
+
+@dataclass(slots=True)
+class Record:
+    """One ledger row and the table it goes to (``calls`` or ``api_calls``)."""
+
+    table: str
+    row: dict[str, Any]
+
+
+class Meter:
+    """Builds ledger rows from exchanges with one price table."""
+
+    def __init__(self, prices: PriceTable):
+        self.prices = prices
+        self._warned_unpriced: set[str] = set()
+
+    def record(self, ex: Exchange) -> Record:
+        provider = get_provider(ex.provider)
+        common = self._common(ex)
+        if provider.endpoint_kind(ex.method, ex.path) == "api":
+            common["method"] = ex.method
+            common["outcome"] = _outcome(ex, None, RequestInfo())
+            return Record("api_calls", common)
+
+        request = provider.parse_request(ex.path, _request_body(ex))
+        parsed = (
+            provider.parse_response(ex.path, ex.body(), ex.response_headers.get("content-type", ""))
+            if ex.status is not None
+            else ParsedResponse(note="no response from upstream")
+        )
+        outcome = _outcome(ex, parsed, request)
+        usage, usage_source, note = parsed.usage, "reported", None
+        if usage is None:
+            usage, usage_source = Usage(), "none"
+            note = parsed.note or "no usage reported"
+            if outcome == "ok":
+                log.warning("call %s to %s%s: %s", ex.id, ex.host, ex.path, note)
+        model = parsed.model or request.model
+        row = common | {
+            "ttft_ms": _ms(ex.first_byte_at - ex.started_at) if ex.first_byte_at else None,
+            "outcome": outcome,
+            "request_model": request.model,
+            "model": model,
+            "stream": int(request.stream or "text/event-stream" in ex.response_headers.get("content-type", "")),
+            "provider_request_id": next(
+                (ex.response_headers[h] for h in REQUEST_ID_HEADERS if h in ex.response_headers), None
+            ),
+            "response_id": parsed.response_id,
+            **usage.as_dict(),
+            "usage_source": usage_source,
+            "usage_note": note,
+            "usage_raw": json.dumps(parsed.usage_raw) if parsed.usage_raw is not None else None,
+            "provider_cost_usd": None,
+        }
+        row |= self._price(ex.provider, model, usage, usage_source, outcome)
+        if outcome == "error" and not row["error"]:
+            row["error"] = parsed.error or (f"HTTP {ex.status}" if ex.status else "no response")
+        return Record("calls", _scrub(row, ex.secrets))
+
+    def unreadable(self, ex: Exchange, problem: Exception) -> Record:
+        """A row for a call the meter failed on: recorded, flagged, never dropped."""
+        row = self._common(ex) | {
+            "usage_source": "none",
+            "usage_note": f"meterproxy could not read this call ({type(problem).__name__})",
+            "outcome": _outcome(ex, None, RequestInfo()),
+            "cost_source": "unpriced",
+        }
+        return Record("calls", _scrub(row, ex.secrets))
+
+    def _common(self, ex: Exchange) -> dict[str, Any]:
+        client_process = ex.client_process
+        if isinstance(client_process, Future):
+            try:
+                client_process = client_process.result(timeout=2)
+            except Exception:
+                client_process = None
+        return {
+            "id": ex.id,
+            "started_at": iso_utc(ex.started_at),
+            "duration_ms": _ms(ex.ended_at - ex.started_at),
+            "provider": ex.provider,
+            "host": ex.host if ex.port in (80, 443) else f"{ex.host}:{ex.port}",
+            "endpoint": ex.path,
+            "status": ex.status,
+            "agent": ex.agent or client_process or "unknown",
+            "session": ex.session,
+            "task": ex.task,
+            "client_process": client_process,
+            "request_bytes": ex.request_bytes,
+            "response_bytes": ex.response_bytes,
+            "error": ex.error,
+        }
+
+    def _price(
+        self, provider: str, model: str | None, usage: Usage, usage_source: str, outcome: str
+    ) -> dict[str, Any]:
+        rates = self.prices.rates_for(provider, model)
+        if usage_source == "none" and outcome == "error":
+            # A failed call with no usage reported is not billed.
+            cost: Decimal | None = Decimal(0)
+        elif rates is None or usage_source == "none":
+            cost = None
+            if rates is None and model not in self._warned_unpriced:
+                self._warned_unpriced.add(model or "")
+                log.warning("no price for model %r (%s): its calls are recorded unpriced", model, provider)
+        else:
+            cost = rates.cost(usage)
+        return {
+            "cost_usd": float(cost) if cost is not None else None,
+            "cost_picousd": int((cost / PICO).to_integral_value()) if cost is not None else None,
+            "cost_source": "computed" if cost is not None else "unpriced",
+            "pricing_version": self.prices.version if cost is not None else None,
+            "rates": json.dumps(rates.as_dict()) if cost is not None and rates else None,
+        }
+
+
+def _outcome(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) -> str:
+    if ex.abort == "client":
+        return "client_aborted"
+    if ex.abort == "upstream":
+        return "upstream_aborted"
+    if ex.status is None or ex.status >= 400 or ex.error:
+        return "error"
+    if parsed is not None:
+        if parsed.error:
+            return "error"
+        if not parsed.complete:
+            return "upstream_aborted"
+    return "ok"
+
+
+def _request_body(ex: Exchange) -> bytes:
+    encoding = ex.request_headers.get("content-encoding", "")
+    if not encoding:
+        return ex.request_body
+    try:
+        return decode_body(ex.request_body, encoding)
+    except ValueError:
+        return b""
+
+
+def _ms(seconds: float) -> int:
+    return max(round(seconds * 1000), 0)
+
+
+def _scrub(row: dict[str, Any], secrets: tuple[str, ...]) -> dict[str, Any]:
+    """Remove the request's own credentials from every stored string (an error may echo them)."""
+    if not secrets:
+        return row
+    for key, value in row.items():
+        if isinstance(value, str):
+            for secret in secrets:
+                if secret in value:
+                    value = value.replace(secret, "[REDACTED]")
+            row[key] = value
+    return row

@@ -1,0 +1,125 @@
+"""``meterproxy start``: mitmproxy in-process, regular proxy mode, with the meter addon.
+
+On SIGINT/SIGTERM the proxy stops accepting connections, lets calls in flight finish (up to
+``grace`` seconds), writes every queued record, and returns 0. A second signal stops at once
+(still writing what is queued).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy import addons, ctx, exceptions, master, options
+from mitmproxy.addons import errorcheck
+
+from meterproxy.capture import MeterAddon
+from meterproxy.clientenv import ensure_ca
+from meterproxy.errors import MeterproxyError
+from meterproxy.home import Home
+
+log = logging.getLogger("meterproxy")
+
+
+@dataclass
+class ProxySpec:
+    home: Home
+    host: str
+    port: int
+    routes: Sequence[str]
+    upstream_ca: Path | None
+    grace: float = 10.0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail with a clear message before mitmproxy starts if the address is taken."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            reason = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
+            raise MeterproxyError(f"cannot listen on {host}:{port}: {reason}") from e
+
+
+def serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
+    """Run the proxy until a signal stops it; return the exit code."""
+    check_port_free(spec.host, spec.port)
+    ensure_ca(spec.home)
+    return asyncio.run(_serve(spec, on_ready))
+
+
+async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
+    opts = options.Options(
+        listen_host=spec.host,
+        listen_port=spec.port,
+        confdir=str(spec.home.certs),
+        mode=["regular"],
+    )
+    proxy = master.Master(opts, with_termlog=False)
+    proxy.addons.add(*addons.default_addons())
+    proxy.addons.add(errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
+    meter = MeterAddon()
+    proxy.addons.add(meter)
+    try:
+        opts.update(
+            meterproxy_home=str(spec.home.root),
+            meterproxy_routes=list(spec.routes),
+            meterproxy_upstream_ca=str(spec.upstream_ca) if spec.upstream_ca else "",
+        )
+    except exceptions.OptionsError as e:
+        raise MeterproxyError(str(e)) from e
+
+    proxy.addons.add(_Ready(on_ready))
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    def request_stop() -> None:
+        if stopping:
+            proxy.shutdown()  # second signal: stop now
+        else:
+            stopping.append(loop.create_task(_drain_and_stop(proxy, meter, spec.grace)))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop)
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    await proxy.run()
+    written = meter.writer.written if meter.writer else 0
+    print(f"meterproxy stopped: {written} records written to {spec.home.ledger}", file=sys.stderr)
+    return 0
+
+
+async def _drain_and_stop(proxy: master.Master, meter: MeterAddon, grace: float) -> None:
+    """Stop listening, give calls in flight ``grace`` seconds, then shut down."""
+    if server := proxy.addons.get("proxyserver"):
+        await server.servers.update([])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while meter.in_flight() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    proxy.shutdown()
+
+
+class _Ready:
+    """Reports the real listen address once mitmproxy is serving."""
+
+    def __init__(self, on_ready: Callable[[str, int], None]):
+        self.on_ready = on_ready
+
+    def running(self) -> None:
+        server = ctx.master.addons.get("proxyserver")
+        addresses = server.listen_addrs() if server else []
+        if addresses:
+            host, port = addresses[0][:2]
+            self.on_ready(host, port)

@@ -1,0 +1,61 @@
+"""Normalized token usage: one shape for every provider.
+
+The rules, the same for every provider:
+
+- ``input_tokens`` counts every input token, cache reads and cache writes included.
+- ``cache_read_tokens`` and ``cache_write_tokens`` are subsets of ``input_tokens``;
+  ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written for one hour
+  (the rest are 5-minute writes).
+- ``output_tokens`` counts every output token, reasoning included.
+- ``reasoning_tokens`` is a subset of ``output_tokens``.
+
+Providers differ: OpenAI's ``prompt_tokens`` already includes ``cached_tokens``; Anthropic's
+``input_tokens`` excludes ``cache_creation_input_tokens`` and ``cache_read_input_tokens``;
+Gemini's ``candidatesTokenCount`` excludes ``thoughtsTokenCount``. Each provider parser maps
+its own fields onto these rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+UsageSource = Literal["reported", "estimated", "none"]
+
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one call, normalized by the rules above."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def as_count(value: object) -> int:
+    """A token count from a provider's JSON value: non-negative int, else 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and value.is_integer():
+        return max(int(value), 0)
+    return 0
