@@ -1,0 +1,162 @@
+"""Judge a benchmark result against the targets of issue 8, and render it as Markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+STREAM_SCENARIOS = ("sse", "sse_h2")
+
+
+def _get(data: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict) or data.get(key) is None:
+            return None
+        data = data[key]
+    return data
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return round(a - b, 3) if a is not None and b is not None else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _target(name: str, value: Any, limit: str, met: bool | None, mitmdump: Any = None) -> dict[str, Any]:
+    return {"target": name, "meterproxy": value, "limit": limit, "mitmdump": mitmdump, "met": met}
+
+
+def _within(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def targets(result: dict[str, Any], writer_rate: int) -> list[dict[str, Any]]:
+    """Each target of the issue: meterproxy's figure, the limit, mitmdump's figure, met or not."""
+    s = result["scenarios"]
+    out = []
+    meter_rps, mitm_rps = _get(s, "json", "meterproxy", "req_per_s"), _get(s, "json", "mitmdump", "req_per_s")
+    ratio = _ratio(meter_rps, mitm_rps)
+    out.append(_target("Throughput, JSON, 20 concurrent (meterproxy / mitmdump, req/s)",
+                       ratio, ">= 0.95", None if ratio is None else ratio >= 0.95,
+                       f"{mitm_rps} req/s vs {meter_rps}"))
+    for q, limit in (("p50", 0.3), ("p99", 1.0)):
+        meter, mitm = (_get(s, "json_serial", p, "latency_ms", q) for p in ("meterproxy", "mitmdump"))
+        added = _diff(meter, mitm)
+        out.append(_target(f"Added latency {q} over mitmdump, JSON, 1 client (ms)", added, f"<= {limit}",
+                           _within(added, limit), mitm))
+    for name in STREAM_SCENARIOS:
+        meter, mitm = (_get(s, name, p, "ttfb_ms", "p50") for p in ("meterproxy", "mitmdump"))
+        added = _diff(meter, mitm)
+        out.append(_target(f"TTFB p50 over mitmdump, {name} (ms)", added, "<= 1.0", _within(added, 1.0), mitm))
+        meter, mitm = (_get(s, name, p, "chunk_delay_ms", "p99") for p in ("meterproxy", "mitmdump"))
+        added = _diff(meter, mitm)
+        out.append(_target(f"Per-chunk delay p99 over mitmdump, {name} (ms)", added, "<= 0.5",
+                           _within(added, 0.5), mitm))
+    held = [_get(s, name, "meterproxy", "chunks_held_back") for name in STREAM_SCENARIOS]
+    complete = _get(result, "big_stream", "meterproxy", "complete")
+    held_total = sum(h or 0 for h in held)
+    out.append(_target("Chunks held back (streams; big stream complete)", f"{held_total}; {complete}", "0; True",
+                       held_total == 0 and complete is True and None not in held))
+    big = result.get("big_stream", {})
+    growth = _get(big, "meterproxy", "rss_growth_mib")
+    out.append(_target(f"RSS growth streaming {big.get('bytes', 0) // 2**20} MiB (MiB)", growth, "< 50",
+                       None if growth is None else growth < 50, _get(big, "mitmdump", "rss_growth_mib")))
+    w = result.get("writer", {})
+    keeps_up = (w.get("offered_per_s", 0) >= 0.98 * writer_rate and w.get("queue_max", 1e9) <= writer_rate * 0.2
+                and w.get("drain_after_offer_ms", 1e9) < 1000)
+    out.append(_target(f"Ledger writer at {writer_rate} calls/s (max queue; drain ms)",
+                       f"{w.get('queue_max')}; {w.get('drain_after_offer_ms')}", f"<= {writer_rate // 5}; < 1000",
+                       keeps_up))
+    ledger = result.get("ledger", {})
+    out.append(_target("Ledger rows after SIGTERM = requests made", f"{ledger.get('rows')} / {ledger.get('requests')}",
+                       "equal", ledger.get("rows") == ledger.get("requests") and bool(ledger.get("requests"))))
+    return out
+
+
+# --- Markdown -------------------------------------------------------------------------------
+
+ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("requests", ("requests",)),
+    ("errors", ("errors",)),
+    ("req/s", ("req_per_s",)),
+    ("latency p50 ms", ("latency_ms", "p50")),
+    ("latency p95 ms", ("latency_ms", "p95")),
+    ("latency p99 ms", ("latency_ms", "p99")),
+    ("TTFB p50 ms", ("ttfb_ms", "p50")),
+    ("TTFB p99 ms", ("ttfb_ms", "p99")),
+    ("chunk delay p50 ms", ("chunk_delay_ms", "p50")),
+    ("chunk delay p99 ms", ("chunk_delay_ms", "p99")),
+    ("chunk delay max ms", ("chunk_delay_ms", "max")),
+    ("chunks held back", ("chunks_held_back",)),
+    ("proxy CPU s / 1000 req", ("cpu_s_per_1000",)),
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "**NO**"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m, load = result["machine"], result["load_average"]
+    lines = [
+        f"# meterproxy benchmark ({result['mode']}), {result['started_at']}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, mitmproxy {m['mitmproxy']}, "
+        f"httpx {m['httpx']}, {m['platform']}; meterproxy {m['meterproxy_commit']}.  ",
+        f"Load average (1/5/15 min) at start {_load(load['start'])}, at end {_load(load['end'])}.  ",
+        "Paths: direct to the upstream; plain `mitmdump -q` (no addon, same CA and upstream trust, "
+        "`stream_large_bodies=1`); `meterproxy start`. Segments interleaved, order rotating each round.",
+        "",
+        "## Targets",
+        "",
+        "| target | meterproxy | limit | mitmdump | met |",
+        "|---|---|---|---|---|",
+    ]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {_cell(t['meterproxy'])} | {t['limit']} | {_cell(t['mitmdump'])} "
+                     f"| {_cell(t['met'])} |")
+    for name, scenario in result["scenarios"].items():
+        lines += ["", f"## {name}: {scenario['description']}", "",
+                  "| figure | direct | mitmdump | meterproxy | meterproxy / mitmdump | meterproxy / direct |",
+                  "|---|---|---|---|---|---|"]
+        for label, keys in ROWS:
+            values = [_get(scenario, path, *keys) for path in ("direct", "mitmdump", "meterproxy")]
+            if all(v is None for v in values):
+                continue
+            ratios = ("", "") if label in ("requests", "errors", "chunks held back") else (
+                _cell(_ratio(values[2], values[1])), _cell(_ratio(values[2], values[0])))
+            lines.append(f"| {label} | {' | '.join(_cell(v) for v in values)} | {ratios[0]} | {ratios[1]} |")
+    big = result.get("big_stream", {})
+    lines += ["", f"## One client streams {big.get('bytes', 0) // 2**20} MiB (OpenAI SSE, HTTP/1.1)", "",
+              "| figure | direct | mitmdump | meterproxy |", "|---|---|---|---|"]
+    for label, key in (("MiB/s", "mib_per_s"), ("complete", "complete"), ("proxy RSS before MiB", "rss_before_mib"),
+                       ("proxy RSS max MiB", "rss_max_mib"), ("proxy RSS growth MiB", "rss_growth_mib")):
+        lines.append(f"| {label} | {' | '.join(_cell(_get(big, p, key)) for p in ('direct', 'mitmdump', 'meterproxy'))} |")
+    peak = result.get("peak_rss_mib", {})
+    ledger, w = result.get("ledger", {}), result.get("writer", {})
+    lines += [
+        "",
+        "## Memory, ledger, writer",
+        "",
+        f"- Peak RSS of the proxy over the whole run (VmHWM): mitmdump {_cell(peak.get('mitmdump'))} MiB, "
+        f"meterproxy {_cell(peak.get('meterproxy'))} MiB.",
+        f"- Ledger after SIGTERM (exit {ledger.get('meterproxy_exit_code')}): {ledger.get('rows')} rows for "
+        f"{ledger.get('requests')} requests; by outcome {ledger.get('rows_by_outcome')}; longest wait for the "
+        f"ledger to catch up after a segment {ledger.get('max_lag_after_segment_ms')} ms.",
+        f"- Ledger writer alone (LedgerWriter + Meter, OpenAI JSON calls): offered {w.get('offered_per_s')} "
+        f"calls/s for {w.get('seconds')} s, queue max {w.get('queue_max')} (mean {w.get('queue_mean_first_third')} "
+        f"in the first third, {w.get('queue_mean_last_third')} in the last), drained "
+        f"{w.get('drain_after_offer_ms')} ms after the last; a burst of {w.get('burst_calls')} written at "
+        f"{w.get('burst_written_per_s')} calls/s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _load(values: list[float] | tuple[float, ...]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
