@@ -134,17 +134,16 @@ def markdown(result: dict[str, Any]) -> str:
     big = result.get("big_stream", {})
     lines += ["", f"## One client streams {big.get('bytes', 0) // 2**20} MiB (OpenAI SSE, HTTP/1.1)", "",
               "| figure | direct | mitmdump | meterproxy |", "|---|---|---|---|"]
-    for label, key in (("MiB/s", "mib_per_s"), ("complete", "complete"), ("proxy RSS before MiB", "rss_before_mib"),
-                       ("proxy RSS max MiB", "rss_max_mib"), ("proxy RSS growth MiB", "rss_growth_mib")):
+    for label, key in (("MiB/s", "mib_per_s"), ("complete", "complete"),
+                       ("proxy peak RSS during the load scenarios MiB", "peak_rss_under_load_mib"),
+                       ("proxy RSS before MiB", "rss_before_mib"), ("proxy peak RSS while streaming MiB", "rss_max_mib"),
+                       ("proxy RSS growth MiB", "rss_growth_mib")):
         lines.append(f"| {label} | {' | '.join(_cell(_get(big, p, key)) for p in ('direct', 'mitmdump', 'meterproxy'))} |")
-    peak = result.get("peak_rss_mib", {})
     ledger, w = result.get("ledger", {}), result.get("writer", {})
     lines += [
         "",
-        "## Memory, ledger, writer",
+        "## Ledger and writer",
         "",
-        f"- Peak RSS of the proxy over the whole run (VmHWM): mitmdump {_cell(peak.get('mitmdump'))} MiB, "
-        f"meterproxy {_cell(peak.get('meterproxy'))} MiB.",
         f"- Ledger after SIGTERM (exit {ledger.get('meterproxy_exit_code')}): {ledger.get('rows')} rows for "
         f"{ledger.get('requests')} requests; by outcome {ledger.get('rows_by_outcome')}; longest wait for the "
         f"ledger to catch up after a segment {ledger.get('max_lag_after_segment_ms')} ms.",

@@ -1,0 +1,73 @@
+"""The benchmark harness's smoke run, and the addon's one-pass header reading it led to.
+
+Speed targets are judged by ``python -m bench.run --full``, not here: this checks that the
+harness works end to end (three paths, results written) and that every metered request is a
+ledger row after a SIGTERM shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+from mitmproxy import http
+
+from bench.run import PATHS
+from meterproxy.capture import _header_values, _joined
+from tests.proxy_process import REPO
+
+
+def test_quick_benchmark_run(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "quick.json").read_text())
+    markdown = (tmp_path / "quick.md").read_text()
+
+    ledger = result["ledger"]
+    assert ledger["meterproxy_exit_code"] == 0
+    assert ledger["requests"] > 0
+    assert ledger["rows"] == ledger["requests"]
+    assert ledger["rows_by_outcome"] == {"ok": ledger["requests"]}
+
+    for name, scenario in result["scenarios"].items():
+        for path in PATHS:
+            figures = scenario[path]
+            assert figures["requests"] > 0 and figures["errors"] == 0, (name, path, figures)
+            assert figures["latency_ms"]["p50"] > 0
+            if scenario["stream"]:
+                assert figures["chunks"] >= figures["requests"] * 10 and figures["chunks_held_back"] == 0
+            if path != "direct":
+                assert figures["cpu_s_per_1000"] > 0
+        assert f"## {name}:" in markdown
+    for path in PATHS:
+        assert result["big_stream"][path]["complete"] is True
+        assert result["big_stream"][path]["received"] >= result["big_stream"]["bytes"]
+    assert result["big_stream"]["meterproxy"]["rss_growth_mib"] >= 0
+
+    writer = result["writer"]
+    assert writer["failed"] == 0
+    assert writer["written"] >= writer["burst_calls"] + writer["offered_per_s"] * writer["seconds"] * 0.9
+    assert {t["target"] for t in result["targets"]} and all("met" in t for t in result["targets"])
+    assert "| Ledger rows after SIGTERM = requests made |" in markdown
+    assert result["machine"]["mitmproxy"] and result["load_average"]["end"]
+
+
+_names = st.sampled_from(["Authorization", "authorization", "X-Api-Key", "Content-Type", "X-Meterproxy-Agent",
+                          "user-agent", "Accept"])
+_values = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="\x7f"), max_size=20)
+
+
+@given(st.lists(st.tuples(_names, _values), max_size=8))
+def test_header_values_read_as_mitmproxy_reads_them(fields: list[tuple[str, str]]) -> None:
+    headers = http.Headers([(name.encode(), value.encode()) for name, value in fields])
+    found = _header_values(headers)
+    for name in {name.lower() for name, _ in fields} | {"x-missing"}:
+        assert found.get(name, []) == headers.get_all(name)
+        assert _joined(found, name) == headers.get(name)
