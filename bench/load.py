@@ -101,7 +101,11 @@ async def run(http: httpx.AsyncClient, base_url: str, scenario: Scenario, second
     call = _stream_call if scenario.stream else _json_call
     deadline = time.monotonic() + seconds
 
-    async def worker() -> None:
+    # Streams start spread over one stream's length, not in lockstep (agents do not synchronize).
+    stagger = scenario.chunks * scenario.interval_ms / 1000 / scenario.concurrency if scenario.stream else 0
+
+    async def worker(index: int) -> None:
+        await asyncio.sleep(index * stagger)
         while time.monotonic() < deadline:
             stats.started += 1
             try:
@@ -110,7 +114,7 @@ async def run(http: httpx.AsyncClient, base_url: str, scenario: Scenario, second
                 stats.errors += 1
 
     start = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(scenario.concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(scenario.concurrency)))
     stats.seconds = time.monotonic() - start
     return stats
 

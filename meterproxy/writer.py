@@ -25,7 +25,7 @@ from meterproxy.meter import Meter, Record
 log = logging.getLogger("meterproxy")
 
 BATCH_MAX = 500
-LINGER = 0.05
+LINGER = 0.2
 """Seconds the writer waits after a call arrives, so that calls close together share one wake-up
 of this thread and one transaction: the proxy's event loop loses the GIL less often."""
 _STOP = object()
