@@ -21,6 +21,7 @@ import certifi
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.connection import ConnectionState
 
+from meterproxy import streamusage, tokens
 from meterproxy.attribution import (
     AGENT_HEADER,
     SESSION_HEADER,
@@ -48,7 +49,7 @@ SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 KEPT_REQUEST_HEADERS = ("content-type", "content-encoding", "user-agent")
 KEPT_RESPONSE_HEADERS = (
     "content-type", "content-encoding", "x-request-id", "request-id", "apim-request-id",
-    "x-goog-request-id",
+    "x-goog-request-id", "mistral-correlation-id",
 )
 
 
@@ -68,6 +69,8 @@ class _Flow:
     exchange: Exchange
     client: _Client
     tap: ResponseTap | None = None
+    strip_usage: bool = False
+    """``--inject-stream-usage`` changed the request: remove what it adds from the response."""
 
 
 class MeterAddon:
@@ -79,6 +82,7 @@ class MeterAddon:
         self._clients: dict[str, _Client] = {}
         self._flows: dict[str, _Flow] = {}
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meterproxy-proc")
+        self.inject_stream_usage = False
 
     # --- options -------------------------------------------------------------------------
 
@@ -95,8 +99,15 @@ class MeterAddon:
             "meterproxy_upstream_ca", str, "",
             "A CA bundle trusted for upstream TLS, in addition to the public roots.",
         )
+        loader.add_option(
+            "meterproxy_inject_stream_usage", bool, False,
+            "Add stream_options.include_usage to OpenAI-compatible streaming requests that lack it, "
+            "and remove the extra usage chunk before the client sees it.",
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if "meterproxy_inject_stream_usage" in updated:
+            self.inject_stream_usage = ctx.options.meterproxy_inject_stream_usage
         if not {"meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca"} & updated:
             return
         try:
@@ -108,6 +119,7 @@ class MeterAddon:
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
             writer = LedgerWriter(home.ledger, meter)
             writer.start()
+            tokens.preload()
         except MeterproxyError as e:
             raise exceptions.OptionsError(str(e)) from e
         if self.writer is not None:
@@ -199,6 +211,20 @@ class MeterAddon:
         ex.secrets = _secrets(flow.request)
         ex.request_body = flow.request.raw_content or b""
         ex.request_bytes = len(ex.request_body)
+        if self.inject_stream_usage:
+            self._inject_stream_usage(state)
+
+    def _inject_stream_usage(self, state: _Flow) -> None:
+        request, ex = state.flow.request, state.exchange
+        if request.method != "POST" or "content-encoding" in request.headers:
+            return
+        if not PROVIDERS[ex.provider].stream_usage_path(ex.path):
+            return
+        body = streamusage.inject(ex.request_body)
+        if body is not None:
+            request.content = body  # also sets content-length
+            request.headers["accept-encoding"] = "identity"  # the response is edited in flight
+            state.strip_usage = ex.injected_usage = True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
@@ -209,6 +235,23 @@ class MeterAddon:
             return
         state.tap = ResponseTap(response.headers.get("content-encoding", ""))
         response.stream = state.tap
+        if state.strip_usage:
+            self._strip_usage(state, response)
+
+    def _strip_usage(self, state: _Flow, response: http.Response) -> None:
+        headers, tap = response.headers, state.tap
+        assert tap is not None
+        if "text/event-stream" not in headers.get("content-type", ""):
+            return
+        if "content-encoding" in headers:
+            log.warning("call to %s: compressed stream, its usage chunk cannot be removed", state.exchange.host)
+            return
+        strip_null = state.exchange.provider in streamusage.NULL_USAGE_PROVIDERS
+        response.stream = streamusage.UsageChunkStripper(tap, strip_null)
+        if "content-length" in headers:  # the body gets shorter than announced
+            del headers["content-length"]
+            if response.http_version == "HTTP/1.1":
+                headers["transfer-encoding"] = "chunked"
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow.id, None)

@@ -68,10 +68,15 @@ def cli() -> None:
 )
 @click.option("--grace", type=float, default=10.0, show_default=True,
               help="Seconds calls in flight get to finish on SIGINT/SIGTERM.")
+@click.option(
+    "--inject-stream-usage", is_flag=True,
+    help="Ask OpenAI-compatible streams for their usage (stream_options.include_usage) when the "
+         "client did not, and remove the extra chunk before the client sees it.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every metered call.")
 def start(
     home: Home, host: str | None, port: int | None, routes: tuple[str, ...],
-    upstream_ca: Path | None, grace: float, verbose: bool,
+    upstream_ca: Path | None, grace: float, inject_stream_usage: bool, verbose: bool,
 ) -> None:
     """Run the metering proxy in the foreground."""
     from meterproxy.proxy import ProxySpec, serve
@@ -85,6 +90,7 @@ def start(
         routes=routes,
         upstream_ca=upstream_ca,
         grace=grace,
+        inject_stream_usage=inject_stream_usage,
     )
 
     def ready(listen_host: str, listen_port: int) -> None:

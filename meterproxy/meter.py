@@ -59,6 +59,8 @@ class Meter:
         outcome = _outcome(ex, parsed, request)
         model = parsed.model or request.model
         usage, usage_source, note = _usage(kind, request, parsed, outcome, model)
+        if ex.injected_usage and usage_source == "reported":
+            note = "usage requested by --inject-stream-usage"
         if usage_source != "reported" and outcome == "ok":
             level = logging.WARNING if usage_source == "none" else logging.DEBUG
             log.log(level, "call %s to %s%s: %s", ex.id, ex.host, ex.path, note)
