@@ -23,6 +23,8 @@ _NON_TEXT_KEYS = frozenset({
     "detail", "cache_control", "signature", "thoughtSignature", "thought_signature",
     "encrypted_content", "format", "file_id", "fileUri", "file_uri", "url", "status",
 })
+# Keys whose values are media (images, audio, files): not text, counted apart.
+_MEDIA_KEYS = frozenset({"image_url", "input_audio", "inlineData", "inline_data", "fileData", "file_data"})
 _BLOB = re.compile(r"[A-Za-z0-9+/=_-]{200}")
 
 API_PARTS = frozenset({
@@ -85,7 +87,9 @@ class Prompt:
                 self.texts.append(value)
         elif isinstance(value, dict):
             for key, item in value.items():
-                if key not in _NON_TEXT_KEYS:
+                if key in _MEDIA_KEYS:
+                    self.media += 1
+                elif key not in _NON_TEXT_KEYS:
                     self.add(item)
         elif isinstance(value, list):
             for item in value:

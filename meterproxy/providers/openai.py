@@ -13,7 +13,8 @@ Usage mapping (see meterproxy.usage for the rules):
 - xAI reports ``reasoning_tokens`` outside ``completion_tokens`` (its ``total_tokens`` is prompt
   + completion + reasoning): whenever ``total_tokens`` shows that, reasoning is added to output.
 - Groq streams put usage in ``x_groq.usage`` of the last chunk.
-- llama.cpp's native ``/completion`` reports ``tokens_evaluated`` / ``tokens_predicted``.
+- llama.cpp's native ``/completion`` reports ``tokens_evaluated`` / ``tokens_predicted``; the
+  prompt tokens it did not process (``timings.prompt_n``) came from its cache.
 
 In a Chat Completions stream, usage comes in the last chunk that has it (OpenAI's extra
 usage-only chunk with ``stream_options.include_usage``; a chunk that still has choices on
@@ -93,10 +94,15 @@ def usage_from_llamacpp(obj: dict[str, Any]) -> Usage | None:
     """llama.cpp's native ``/completion`` counts; None when the object has none."""
     if "tokens_predicted" not in obj and "tokens_evaluated" not in obj:
         return None
+    prompt = as_count(obj.get("tokens_evaluated"))
+    timings = as_dict(obj.get("timings"))
+    # timings.prompt_n: prompt tokens actually processed; the rest came from the KV cache.
+    # (tokens_cached is the whole context kept, output included: not the cache reads.)
+    processed = as_count(timings.get("prompt_n")) if "prompt_n" in timings else prompt
     return Usage(
-        input_tokens=as_count(obj.get("tokens_evaluated")),
+        input_tokens=prompt,
         output_tokens=as_count(obj.get("tokens_predicted")),
-        cache_read_tokens=as_count(obj.get("tokens_cached")),
+        cache_read_tokens=max(prompt - processed, 0),
     )
 
 
@@ -221,7 +227,11 @@ def _parse_responses_stream(body: Body) -> ParsedResponse:
 
 def _collect_choice_text(choice: dict[str, Any], out: list[str]) -> None:
     delta = as_dict(choice.get("delta"))
-    for key in ("content", "reasoning_content", "reasoning", "refusal"):
+    if isinstance(delta.get("content"), str):
+        out.append(delta["content"])
+    elif isinstance(choice.get("text"), str):  # legacy completions (Together sends both)
+        out.append(choice["text"])
+    for key in ("reasoning_content", "reasoning", "refusal"):
         if isinstance(delta.get(key), str):
             out.append(delta[key])
     for call in delta.get("tool_calls") or ():
@@ -229,5 +239,3 @@ def _collect_choice_text(choice: dict[str, Any], out: list[str]) -> None:
         for key in ("name", "arguments"):
             if isinstance(function.get(key), str):
                 out.append(function[key])
-    if isinstance(choice.get("text"), str):  # legacy completions
-        out.append(choice["text"])
