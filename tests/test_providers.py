@@ -178,6 +178,16 @@ def test_any_chunk_split_through_the_tap_gives_the_same_usage(path: Path, data, 
     assert "".join(parsed.output_text) == expected.get("output_text", "".join(parsed.output_text))
 
 
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+def test_streams_fed_one_byte_at_a_time(encoding: str) -> None:
+    for path in STREAMS:
+        raw = path.read_bytes()
+        tap = ResponseTap("" if encoding == "identity" else encoding)
+        for byte in ENCODERS[encoding](raw):
+            tap(bytes([byte]))
+        assert tap.body().head == raw, path
+
+
 @pytest.mark.parametrize("path", STREAMS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_a_stream_cut_anywhere_never_crashes_and_is_never_complete_with_final_usage_it_lacks(path: Path) -> None:
     expected = expected_of(path)
