@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from meterproxy.providers.anthropic import AnthropicProvider
 from meterproxy.providers.azure import AzureProvider
-from meterproxy.providers.base import Provider
+from meterproxy.providers.base import API_PARTS, Provider
 from meterproxy.providers.gemini import GeminiProvider
 from meterproxy.providers.ollama import OllamaProvider
 from meterproxy.providers.openai import OpenAICompatible
 
 OPENAI_COMPATIBLE = (
-    "openai", "groq", "mistral", "deepseek", "xai", "together", "fireworks", "lmstudio", "llamacpp",
-    "vllm", "openai_compatible",
+    "openai", "groq", "deepseek", "xai", "together", "fireworks", "lmstudio", "llamacpp", "vllm",
+    "openai_compatible",
 )
 """Hosts that speak OpenAI's API with no more than the quirks ``usage_from_openai`` handles."""
 
@@ -26,6 +26,8 @@ PROVIDERS: dict[str, Provider] = {
     for p in (
         *(OpenAICompatible(name) for name in OPENAI_COMPATIBLE),
         OpenAICompatible("openrouter", reports_cost=True),
+        # Mistral's Conversations API runs the model and reports usage.
+        OpenAICompatible("mistral", api_parts=API_PARTS - {"conversations"}),
         AzureProvider(),
         AnthropicProvider(),
         GeminiProvider("gemini"),

@@ -29,7 +29,7 @@ _BLOB = re.compile(r"[A-Za-z0-9+/=_-]{200}")
 
 API_PARTS = frozenset({
     "files", "batches", "uploads", "fine_tuning", "fine-tuning", "fine_tunes", "vector_stores",
-    "models", "moderations", "assistants", "threads", "organization", "organizations", "evals",
+    "moderations", "assistants", "threads", "organization", "organizations", "evals",
     "containers", "conversations", "realtime", "input_tokens", "count_tokens", "cancel", "skills",
     "tokenize", "detokenize", "tokenize-text", "apply-template", "slots", "props", "credits",
     "keys", "auth", "accounts", "chatkit",
@@ -37,17 +37,17 @@ API_PARTS = frozenset({
 """Path segments of POST endpoints that are not model calls (files, batches, token counting...)."""
 
 
-def classify(method: str, path: str, llm_suffixes: tuple[str, ...]) -> EndpointKind:
-    """``llm`` for a POST ending in one of ``llm_suffixes``; ``api`` for other methods and known
-    non-model POSTs; ``unknown`` for any other POST."""
+def classify(
+    method: str, path: str, llm_suffixes: tuple[str, ...], api_parts: frozenset[str] = API_PARTS
+) -> EndpointKind:
+    """``api`` for other methods than POST and for POSTs with a segment in ``api_parts``; ``llm``
+    for a POST ending in one of ``llm_suffixes``; ``unknown`` for any other POST."""
     if method != "POST":
         return "api"
     path = path.rstrip("/")
-    if path.endswith(llm_suffixes):
-        return "llm"
-    if any(part in API_PARTS for part in path.split("/")):
-        return "api"
-    return "unknown"
+    if any(part in api_parts for part in path.split("/")):
+        return "api"  # checked first: /v1/threads/{id}/messages is not a Messages API call
+    return "llm" if path.endswith(llm_suffixes) else "unknown"
 
 
 @dataclass(slots=True)
@@ -137,7 +137,7 @@ class ParsedResponse:
 class Provider(Protocol):
     """A provider parser: classifies endpoints and reads requests and responses.
 
-    ``path`` is the request path without its query string; ``query`` its parameters.
+    ``path`` is always the request path without its query string.
     """
 
     name: str

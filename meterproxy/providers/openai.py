@@ -30,6 +30,7 @@ from typing import Any
 
 from meterproxy.providers import anthropic
 from meterproxy.providers.base import (
+    API_PARTS,
     EndpointKind,
     ParsedResponse,
     RequestInfo,
@@ -114,14 +115,16 @@ def output_text(obj: dict[str, Any]) -> Iterator[str]:
 
 
 class OpenAICompatible:
-    """A host that speaks OpenAI's API. ``reports_cost``: trust ``usage.cost`` as USD."""
+    """A host that speaks OpenAI's API. ``reports_cost``: trust ``usage.cost`` as USD;
+    ``api_parts``: path segments of its POST endpoints that are not model calls."""
 
-    def __init__(self, name: str, reports_cost: bool = False):
+    def __init__(self, name: str, reports_cost: bool = False, api_parts: frozenset[str] = API_PARTS):
         self.name = name
         self.reports_cost = reports_cost
+        self.api_parts = api_parts
 
     def endpoint_kind(self, method: str, path: str) -> EndpointKind:
-        return classify(method, path, LLM_SUFFIXES)
+        return classify(method, path, LLM_SUFFIXES, self.api_parts)
 
     def stream_usage_path(self, path: str) -> bool:
         return path.rstrip("/").endswith(("/chat/completions", "/completions"))
