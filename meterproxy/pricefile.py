@@ -102,8 +102,9 @@ def parse_text(source: str, text: str) -> FileSpec:
     try:
         spec = FileSpec.model_validate(doc)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise field_error(source, text, tuple(first["loc"]), _message(first)) from e
+        errors = e.errors()
+        more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
+        raise field_error(source, text, tuple(errors[0]["loc"]), _message(errors[0]) + more) from e
     _check_consistency(source, text, spec)
     return spec
 
