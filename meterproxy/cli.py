@@ -235,7 +235,7 @@ def pricing_check(home: Home, file: Path | None) -> None:
         out.add_column(name, justify="right" if name == "calls" else "left")
     for provider, name, count, first, last in missing:
         out.add_row(provider or "", name or "(no model name)", f"{count:,}", _local_time(first), _local_time(last))
-    Console().print(out)
+    _wide_console().print(out)
 
 
 @pricing.command("show")
@@ -268,7 +268,7 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
         out.add_row(label + (" *" if period is price.period else ""), *_rate_cells(period.rates))
         for tier in period.tiers:
             out.add_row(f"  >{tier.above:,} in", *_rate_cells(tier.rates))
-    Console().print(out)
+    _wide_console().print(out)
     if entry.peak is not None:
         click.echo(f"peak hours ({entry.peak.text}): every rate x{entry.peak.multiplier}")
     if entry.aliases:
@@ -330,22 +330,30 @@ def reprice_command(
     if not result.checked:
         return
     out = Table(box=None, pad_edge=False)
-    for name in ("model", "calls", verb, "before $", "after $", "change $", "unpriced before", "after"):
-        out.add_column(name, justify="left" if name == "model" else "right")
+    out.add_column("model", no_wrap=True)
+    for name in ("calls", verb, "before $", "after $", "change $", "unpriced"):
+        out.add_column(name, justify="right", no_wrap=True)
     for change in sorted(result.models.values(), key=lambda c: (-c.changed, c.model)):
         out.add_row(change.model, *_change_cells(change, usd))
     out.add_section()
     out.add_row("total", *_change_cells(total, usd), style="bold")
-    Console().print(out)
+    _wide_console().print(out)
     if total.unpriced_after:
         click.echo(f"warning: {total.unpriced_after} calls still have no price (see `meterproxy pricing check`)", err=True)
 
 
+def _wide_console() -> Console:
+    """A console that does not squeeze tables to 80 columns when the output is not a terminal."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _change_cells(change: Any, usd: Callable[[int], Any]) -> list[str]:
     before, after = usd(change.before_picousd), usd(change.after_picousd)
+    unpriced = f"{change.unpriced_before} -> {change.unpriced_after}" if change.unpriced_before else str(
+        change.unpriced_after
+    )
     return [
-        f"{change.calls:,}", f"{change.changed:,}", f"{before:.6f}", f"{after:.6f}", f"{after - before:+.6f}",
-        str(change.unpriced_before), str(change.unpriced_after),
+        f"{change.calls:,}", f"{change.changed:,}", f"{before:.6f}", f"{after:.6f}", f"{after - before:+.6f}", unpriced,
     ]
 
 
