@@ -24,7 +24,7 @@ from tests.fake_upstream import Reply
 from tests.proxy_process import REPO
 
 FIXTURES = Path(__file__).parent / "fixtures"
-LITELLM = FIXTURES / "litellm" / "model_prices_and_context_window.json"
+LITELLM = Path(__file__).parent / "data" / "litellm" / "model_prices_and_context_window.json"
 
 
 def meterproxy(*args: str) -> subprocess.CompletedProcess[str]:
