@@ -270,7 +270,8 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
             out.add_row(f"  >{tier.above:,} in", *_rate_cells(tier.rates))
     _wide_console().print(out)
     if entry.peak is not None:
-        click.echo(f"peak hours ({entry.peak.text}): every rate x{entry.peak.multiplier}")
+        state = "peak" if price.peak else "off-peak"
+        click.echo(f"peak hours ({entry.peak.text}): every rate x{entry.peak.multiplier}; {at:%Y-%m-%d %H:%M} is {state}")
     if entry.aliases:
         click.echo(f"aliases: {', '.join(entry.aliases)}")
 
