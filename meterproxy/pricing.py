@@ -175,20 +175,11 @@ class Price:
     tier: Tier | None
     peak: bool
     rates: Rates
+    provenance: str
+    """What the ``rates`` column keeps (JSON): the rates and how they were chosen."""
 
     def cost(self, usage: Usage) -> Decimal:
         return self.rates.cost(usage)
-
-    def provenance(self) -> dict[str, Any]:
-        """What the ``rates`` column keeps: the rates and how they were chosen."""
-        data: dict[str, Any] = {"model": self.match.entry.name, "matched": self.match.how}
-        if self.period.since is not None:
-            data["since"] = self.period.since.date().isoformat()
-        if self.tier is not None:
-            data["above"] = self.tier.above
-        if self.peak:
-            data["peak"] = True
-        return data | self.rates.as_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +199,7 @@ class CallCost:
             "cost_picousd": to_picousd(self.cost) if self.cost is not None else None,
             "cost_source": self.source,
             "pricing_version": self.version,
-            "rates": json.dumps(self.price.provenance()) if self.price is not None else None,
+            "rates": self.price.provenance if self.price is not None else None,
         }
 
 
@@ -228,12 +219,12 @@ class PriceTable:
         self.version = version
         self.files = files
         """(file, number of models) for each file read, bundled first."""
-        self._names: dict[str, str] = {}
-        for key, entry in entries.items():
-            self._names[key] = key
+        self._names: dict[str, str] = {key: key for key in entries}
         for key, entry in entries.items():
             for alias in entry.aliases:
                 self._names.setdefault(alias, key)
+        self._matches: dict[tuple[str, str], Match | None] = {}
+        self._provenance: dict[tuple[int, int, int, bool], str] = {}
 
     @classmethod
     def load(cls, user_file: Path | None = None) -> PriceTable:
@@ -263,8 +254,13 @@ class PriceTable:
         """The entry for a model as a provider names it, and how the name matched."""
         if not model:
             return None
-        asked = model.strip().lower()
-        for candidate, how in _candidates(provider.lower(), asked):
+        cache_key = (provider, model)
+        if cache_key not in self._matches:
+            self._matches[cache_key] = self._match(provider.lower(), model.strip().lower())
+        return self._matches[cache_key]
+
+    def _match(self, provider: str, asked: str) -> Match | None:
+        for candidate, how in _candidates(provider, asked):
             key = self._names.get(candidate)
             if key is not None:
                 if key != candidate:
@@ -276,7 +272,8 @@ class PriceTable:
         """The rates for a call started at ``when`` with ``input_tokens`` of input; None when unpriced."""
         if provider in LOCAL_PROVIDERS:
             entry = Entry(f"{provider} (local)", provider, (Period(None, FREE),), (), "built in", None)
-            return Price(Match(entry, model or "", "local provider: free"), entry.periods[0], None, False, FREE)
+            match = Match(entry, model or "", "local provider: free")
+            return Price(match, entry.periods[0], None, False, FREE, _provenance(match, entry.periods[0], None, False, FREE))
         match = self.lookup(provider, model)
         if match is None:
             return None
@@ -286,7 +283,10 @@ class PriceTable:
         peak = bool(match.entry.peak and match.entry.peak.applies(when))
         if peak:
             rates = rates.times(match.entry.peak.multiplier)  # type: ignore[union-attr]
-        return Price(match, period, tier, peak, rates)
+        key = (id(match), id(period), id(tier), peak)
+        if key not in self._provenance:
+            self._provenance[key] = _provenance(match, period, tier, peak, rates)
+        return Price(match, period, tier, peak, rates, self._provenance[key])
 
     def assess(
         self, *, provider: str, model: str | None, usage: Usage, usage_source: str, outcome: str,
@@ -325,6 +325,17 @@ def at_utc(timestamp: float | str) -> datetime:
     if isinstance(timestamp, str):
         return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(UTC)
     return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _provenance(match: Match, period: Period, tier: Tier | None, peak: bool, rates: Rates) -> str:
+    data: dict[str, Any] = {"model": match.entry.name, "matched": match.how}
+    if period.since is not None:
+        data["since"] = period.since.date().isoformat()
+    if tier is not None:
+        data["above"] = tier.above
+    if peak:
+        data["peak"] = True
+    return json.dumps(data | rates.as_dict())
 
 
 def _candidates(provider: str, model: str) -> list[tuple[str, str]]:

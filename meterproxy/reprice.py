@@ -20,9 +20,10 @@ from meterproxy.pricing import PriceTable, at_utc
 from meterproxy.usage import Usage
 
 BATCH = 5000
+TOKENS = Usage.field_names()
 COLUMNS = (
     "id", "started_at", "provider", "model", "request_model", "outcome", "usage_source",
-    "cost_picousd", "cost_source", "rates", "provider_cost_usd", *Usage.field_names(),
+    "cost_picousd", "cost_source", "rates", "provider_cost_usd", *TOKENS,
 )
 
 
@@ -66,7 +67,7 @@ def reprice(
             name = row["model"] or row["request_model"] or "(unknown)"
             if not wanted(row["provider"], row["model"], row["request_model"]):
                 continue
-            usage = Usage(**{f: row[f] or 0 for f in Usage.field_names()})
+            usage = Usage(*(row[f] or 0 for f in TOKENS))
             new = table.assess(
                 provider=row["provider"], model=row["model"] or row["request_model"], usage=usage,
                 usage_source=row["usage_source"] or "none", outcome=row["outcome"] or "ok",
@@ -80,8 +81,8 @@ def reprice(
             change.unpriced_before += row["cost_picousd"] is None
             change.unpriced_after += new["cost_picousd"] is None
             result.checked += 1
-            if (new["cost_picousd"], new["cost_source"], _rates(new["rates"])) != (
-                row["cost_picousd"], row["cost_source"], _rates(row["rates"])
+            if (new["cost_picousd"], new["cost_source"]) != (row["cost_picousd"], row["cost_source"]) or (
+                new["rates"] != row["rates"] and _rates(new["rates"]) != _rates(row["rates"])
             ):
                 change.changed += 1
                 result.changed += 1
