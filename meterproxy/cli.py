@@ -26,8 +26,11 @@ from meterproxy import __version__
 from meterproxy.clientenv import client_environment, export_lines
 from meterproxy.errors import MeterproxyError
 from meterproxy.home import Home
-from meterproxy.ledger import connect, recent_calls
+from meterproxy.ledger import connect, iso_utc, recent_calls
+from meterproxy.priceimport import import_litellm
+from meterproxy.pricing import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates, at_utc
 from meterproxy.report import Period, summarize
+from meterproxy.reprice import ModelChange, reprice, usd
 from meterproxy.usage import TOKEN_FIELDS
 
 
@@ -204,8 +207,6 @@ def pricing() -> None:
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 def pricing_check(home: Home, file: Path | None) -> None:
     """Validate the price files (or FILE in place of yours) and list ledger models with no price."""
-    from meterproxy.pricing import BUNDLED, LOCAL_PROVIDERS, PriceTable
-
     if file is not None and not file.exists():
         raise MeterproxyError(f"{file}: no such file")
     table = PriceTable.load(file or home.pricing_file)
@@ -245,8 +246,6 @@ def pricing_check(home: Home, file: Path | None) -> None:
 @click.option("--at", "when", help="Date or time to show the price in force at [default: now].")
 def pricing_show(home: Home, model: str, provider: str, when: str | None) -> None:
     """Show the rates MODEL is priced at, and why they match."""
-    from meterproxy.pricing import PriceTable, at_utc
-
     table = PriceTable.load(home.pricing_file)
     at = _when(when) if when else datetime.now().astimezone()
     price = table.price(provider.lower(), model, at_utc(at.timestamp()))
@@ -281,8 +280,6 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 def pricing_import(home: Home, file: Path) -> None:
     """Import LiteLLM's model_prices_and_context_window.json into your pricing.toml."""
-    from meterproxy.priceimport import import_litellm
-
     result = import_litellm(file, home.ensure().pricing_file, datetime.now().astimezone().date())
     click.echo(
         f"imported {len(result.imported):,} models into {home.pricing_file} "
@@ -310,10 +307,6 @@ def reprice_command(
     home: Home, start: str | None, end: str | None, model: str | None, dry_run: bool, as_json: bool,
 ) -> None:
     """Recompute the cost of stored calls with the current prices, and say what changed."""
-    from meterproxy.ledger import iso_utc
-    from meterproxy.pricing import PriceTable
-    from meterproxy.reprice import reprice, usd
-
     table = PriceTable.load(home.pricing_file)
     since = _when(start).timestamp() if start else 0.0
     until = _when(end, end_of_day=True).timestamp() if end else datetime.now().timestamp() + 1
@@ -335,9 +328,9 @@ def reprice_command(
     for name in ("calls", verb, "before $", "after $", "change $", "unpriced"):
         out.add_column(name, justify="right", no_wrap=True)
     for change in sorted(result.models.values(), key=lambda c: (-c.changed, c.model)):
-        out.add_row(change.model, *_change_cells(change, usd))
+        out.add_row(change.model, *_change_cells(change))
     out.add_section()
-    out.add_row("total", *_change_cells(total, usd), style="bold")
+    out.add_row("total", *_change_cells(total), style="bold")
     _wide_console().print(out)
     if total.unpriced_after:
         click.echo(f"warning: {total.unpriced_after} calls still have no price (see `meterproxy pricing check`)", err=True)
@@ -348,7 +341,7 @@ def _wide_console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def _change_cells(change: Any, usd: Callable[[int], Any]) -> list[str]:
+def _change_cells(change: ModelChange) -> list[str]:
     before, after = usd(change.before_picousd), usd(change.after_picousd)
     unpriced = f"{change.unpriced_before} -> {change.unpriced_after}" if change.unpriced_before else str(
         change.unpriced_after
@@ -358,10 +351,8 @@ def _change_cells(change: Any, usd: Callable[[int], Any]) -> list[str]:
     ]
 
 
-def _rate_cells(rates: Any) -> list[str]:
-    from meterproxy.pricing import RATE_FIELDS
-
-    return [format(getattr(rates, name).normalize(), "f") for name in RATE_FIELDS]
+def _rate_cells(rates: Rates) -> list[str]:
+    return list(rates.as_dict().values())
 
 
 def _when(text: str, end_of_day: bool = False) -> datetime:

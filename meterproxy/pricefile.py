@@ -154,7 +154,8 @@ def _check_consistency(source: str, text: str, spec: FileSpec) -> None:
                 start, end = (_minutes(t) for t in span.split("-"))
                 if not 0 <= start < end <= 24 * 60:
                     raise field_error(source, text, ("models", name, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
-            _offset(model.peak.utc_offset)
+            if abs(_minutes(model.peak.utc_offset[1:])) >= 24 * 60:
+                raise field_error(source, text, ("models", name, "peak", "utc_offset"), "expected +HH:MM within a day")
 
 
 def utc_start(when: date | datetime | None) -> datetime | None:
@@ -169,8 +170,9 @@ def utc_start(when: date | datetime | None) -> datetime | None:
 
 
 def _minutes(hhmm: str) -> int:
-    hours, minutes = hhmm.split(":")
-    return int(hours) * 60 + int(minutes)
+    """Minutes in HH:MM; an impossible minute (HH:75) counts as the end of time, never accepted."""
+    hours, minutes = (int(part) for part in hhmm.split(":"))
+    return hours * 60 + minutes if minutes < 60 else 10**6
 
 
 def _offset(text: str) -> timezone:

@@ -22,7 +22,7 @@ import difflib
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timezone
 from decimal import Decimal
 from importlib import resources
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.pricefile import ModelSpec, RatesSpec, locate, parse_text, peak_window, utc_start
+from meterproxy.pricefile import ModelSpec, PeriodSpec, RatesSpec, locate, parse_text, peak_window, utc_start
 from meterproxy.usage import Usage
 
 MILLION = Decimal(1_000_000)
@@ -70,6 +70,7 @@ class Rates:
 
     def cost(self, usage: Usage) -> Decimal:
         """The exact cost of ``usage`` at these rates, in USD."""
+        # Clamped so that a parser's inconsistent counts can never make a negative cost.
         cache_1h = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
         uncached = max(usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0)
         reasoning = min(usage.reasoning_tokens, usage.output_tokens)
@@ -247,7 +248,7 @@ class PriceTable:
         # A user entry may take a name that a bundled entry uses as an alias: the entry wins.
         for key, entry in entries.items():
             if any(alias in entries for alias in entry.aliases):
-                entries[key] = _replace_aliases(entry, tuple(a for a in entry.aliases if a not in entries))
+                entries[key] = replace(entry, aliases=tuple(a for a in entry.aliases if a not in entries))
         return cls(entries, _version(entries), files)
 
     def lookup(self, provider: str, model: str | None) -> Match | None:
@@ -340,15 +341,17 @@ def _provenance(match: Match, period: Period, tier: Tier | None, peak: bool, rat
 
 def _candidates(provider: str, model: str) -> list[tuple[str, str]]:
     """Names to try, best first, each with how it relates to the name asked."""
-    found: list[tuple[str, str]] = [(f"{provider}/{model}", f"{provider} price of {model}"), (model, "exact name")]
+    found: list[tuple[str, str]] = [(f"{provider}/{model}", f"{provider} price of {model}")] if provider else []
+    found.append((model, "exact name"))
+    first = len(found) - 1
     if "/" in model:
         bare = model.rsplit("/", 1)[1]
         found.append((bare, f"prefix {model[: -len(bare)]!r} removed"))
-    for name, how in list(found[1:]):
+    for name, how in list(found[first:]):
         undated = _DATE_SUFFIX.sub("", name)
         if undated != name:
             found.append((undated, _also(how, "date suffix removed")))
-    for name, how in list(found[1:]):
+    for name, how in list(found[first:]):
         if name.startswith("claude-") and "." in name:  # OpenRouter: claude-sonnet-4.5
             found.append((name.replace(".", "-"), _also(how, "dots read as dashes")))
     return found
@@ -376,13 +379,9 @@ def _entry(name: str, spec: ModelSpec, source: str, text: str) -> Entry:
     )
 
 
-def _period(spec: Any) -> Period:
+def _period(spec: PeriodSpec) -> Period:
     tiers = tuple(sorted((Tier(t.above, Rates.from_spec(t)) for t in spec.tiers), key=lambda t: t.above))
     return Period(utc_start(spec.since), Rates.from_spec(spec), tiers)
-
-
-def _replace_aliases(entry: Entry, aliases: tuple[str, ...]) -> Entry:
-    return Entry(entry.name, entry.provider, entry.periods, aliases, entry.source, entry.line, entry.peak)
 
 
 def _version(entries: dict[str, Entry]) -> str:
