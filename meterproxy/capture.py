@@ -249,7 +249,7 @@ class MeterAddon:
         response.stream = streamusage.UsageChunkStripper(tap, strip_null)
         if "content-length" in headers:  # the body gets shorter than announced
             del headers["content-length"]
-            if response.http_version == "HTTP/1.1":
+            if state.flow.request.http_version == "HTTP/1.1":  # the client's side of the proxy
                 headers["transfer-encoding"] = "chunked"
 
     def response(self, flow: http.HTTPFlow) -> None:

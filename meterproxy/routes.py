@@ -51,7 +51,8 @@ class Route:
         if self.port is not None and self.port != port:
             return False
         if self.host.startswith("*"):
-            return host.endswith(self.host[1:]) and len(host) > len(self.host) - 1
+            suffix = self.host[1:]
+            return host.endswith(suffix) and host != suffix
         return host == self.host
 
     def __str__(self) -> str:
