@@ -10,6 +10,7 @@ same addon.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from meterproxy.attribution import (
 )
 from meterproxy.errors import MeterproxyError
 from meterproxy.exchange import Abort, Exchange, new_id
+from meterproxy.forward import Forwarding, Sender, attach
 from meterproxy.home import Home
 from meterproxy.meter import Meter
 from meterproxy.pricing import PriceTable
@@ -75,6 +77,7 @@ class MeterAddon:
 
     def __init__(self) -> None:
         self.writer: LedgerWriter | None = None
+        self.sender: Sender | None = None
         self.routes: RouteTable | None = None
         self._clients: dict[str, _Client] = {}
         self._flows: dict[str, _Flow] = {}
@@ -95,9 +98,20 @@ class MeterAddon:
             "meterproxy_upstream_ca", str, "",
             "A CA bundle trusted for upstream TLS, in addition to the public roots.",
         )
+        loader.add_option(
+            "meterproxy_forward", bool, False,
+            "Forward receipts to LockN Logger even when no endpoint is configured (default endpoint).",
+        )
+        loader.add_option(
+            "meterproxy_forward_previews", bool, False,
+            "Put the stored, redacted previews in forwarded receipts (with the storage policy full).",
+        )
 
     def configure(self, updated: set[str]) -> None:
-        if not {"meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca"} & updated:
+        if not {
+            "meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca",
+            "meterproxy_forward", "meterproxy_forward_previews",
+        } & updated:
             return
         try:
             home = Home.resolve(ctx.options.meterproxy_home or None).ensure()
@@ -106,13 +120,21 @@ class MeterAddon:
             meter = Meter(PriceTable.load(home.root / "pricing.toml"))
             upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
+            forwarding = Forwarding.resolve(
+                config, os.environ, ctx.options.meterproxy_forward, ctx.options.meterproxy_forward_previews
+            )
             writer = LedgerWriter(home.ledger, meter)
+            sender = attach(writer, home, forwarding)
             writer.start()
         except MeterproxyError as e:
             raise exceptions.OptionsError(str(e)) from e
         if self.writer is not None:
             self.writer.close()
-        self.writer = writer
+        if self.sender is not None:
+            self.sender.stop()
+        self.writer, self.sender = writer, sender
+        if sender is not None:
+            sender.start()
         changes: dict[str, object] = {}
         if ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
             changes["confdir"] = str(home.certs)
@@ -129,6 +151,8 @@ class MeterAddon:
         self._flows.clear()
         if self.writer is not None:
             self.writer.close()
+        if self.sender is not None:
+            self.sender.stop()
         self._lookups.shutdown(wait=False, cancel_futures=True)
 
     # --- connections ---------------------------------------------------------------------
