@@ -319,17 +319,17 @@ class Sender:
                     self._stop.wait(1.0)
                     continue
                 if result.failure is not None:
-                    if failed_rounds == 0:
-                        log.warning(
-                            "LockN Logger at %s: %s; receipts stay in the outbox and are retried",
-                            self.forwarding.where(), result.failure.error,
-                        )
+                    log.log(
+                        logging.DEBUG if failed_rounds else logging.WARNING,
+                        "LockN Logger at %s: %s; receipts stay in the outbox and are retried",
+                        self.forwarding.where(), result.failure.error,
+                    )
                     failed_rounds += 1
                     ignore_schedule = False
                     # New calls do not cut a backoff short: only stop() does.
                     self._stop.wait(max(result.retry_at - time.time(), self._delay(failed_rounds)))
                     continue
-                if failed_rounds and result.delivered:
+                if failed_rounds and (result.delivered or result.rejected):
                     log.info("LockN Logger at %s is answering again", self.forwarding.where())
                     failed_rounds = 0
                 if not result.full:
@@ -466,16 +466,21 @@ class _Http:
     def post(self, receipt_id: str, payload: str) -> Attempt:
         body = wire_body(payload, self._flat)
         headers = self._headers | {"idempotency-key": receipt_id}
-        try:
-            conn = self._conn or self._connect()
-            conn.request("POST", self._target, body, headers)
-            response = conn.getresponse()
-            data = response.read(KEPT_BODY * 4)
-            if not response.isclosed():  # more body than we read: this connection is done
+        while True:
+            reused = self._conn is not None
+            try:
+                conn = self._conn or self._connect()
+                conn.request("POST", self._target, body, headers)
+                response = conn.getresponse()
+                data = response.read(KEPT_BODY * 4)
+                if not response.isclosed():  # more body than we read: this connection is done
+                    self.close()
+                break
+            except (OSError, http.client.HTTPException) as e:
                 self.close()
-        except (OSError, http.client.HTTPException) as e:
-            self.close()
-            return Attempt(None, self.forwarding.scrub(_describe(e, self.forwarding.settings.timeout)))
+                if reused and isinstance(e, _STALE_CONNECTION):
+                    continue  # the Logger closed an idle kept-alive connection: not a failure
+                return Attempt(None, self.forwarding.scrub(_describe(e, self.forwarding.settings.timeout)))
         text = self.forwarding.scrub(data.decode("utf-8", "replace"))[:KEPT_BODY]
         attempt = Attempt(response.status, body=text)
         if attempt.outcome == "delivered":
@@ -501,6 +506,9 @@ class _Http:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def _describe(error: BaseException, timeout: float) -> str:

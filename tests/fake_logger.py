@@ -58,6 +58,7 @@ class FakeLogger:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()
 
     @property
     def url(self) -> str:
@@ -78,6 +79,15 @@ class FakeLogger:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        """Close every kept-alive connection, as a server does with idle ones."""
+        for conn in list(self._connections):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> FakeLogger:
         return self.start()
@@ -127,6 +137,14 @@ def _handler(logger: FakeLogger) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            logger._connections.add(self.connection)
+
+        def finish(self) -> None:
+            logger._connections.discard(self.connection)
+            super().finish()
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)

@@ -223,6 +223,18 @@ def test_stalled_logger_times_out_and_retries(meter_home: Home) -> None:
     assert [p.headers["idempotency-key"] for p in logger.posts] == [call, call]
 
 
+def test_a_closed_idle_connection_is_not_a_failed_try(meter_home: Home) -> None:
+    with FakeLogger() as logger:
+        proxy = Proxyless(meter_home, forwarding(logger, retry_delay=5))
+        proxy.record(1)
+        assert logger.wait_stored(1) == 1
+        logger.drop_connections()
+        [second] = proxy.record(1)
+        assert logger.wait_stored(2, timeout=4) == 2  # at once, not after a 5 s retry delay
+        proxy.close()
+    assert outbox(meter_home)[second]["attempts"] == 1
+
+
 def test_400_is_kept_as_rejected_with_the_answer(meter_home: Home) -> None:
     with FakeLogger() as logger:
         logger.answer(Answer(400, f'{{"error": "model is required", "key": "{KEY}"}}'.encode()))
