@@ -157,12 +157,6 @@ class MeterAddon:
 
     # --- connections ---------------------------------------------------------------------
 
-    def client_connected(self, client: connection.Client) -> None:
-        state = self._clients[client.id] = _Client()
-        peer, sock = client.peername, client.sockname
-        if peer and sock and is_loopback(str(peer[0])):
-            state.process = self._lookups.submit(client_process_name, peer[1], sock[1])
-
     def client_disconnected(self, client: connection.Client) -> None:
         self._clients.pop(client.id, None)
 
@@ -201,7 +195,12 @@ class MeterAddon:
             request_body=b"",
             started_at=request.timestamp_start,
         )
-        self._flows[flow.id] = _Flow(flow, exchange, self._client(flow))
+        client = self._client(flow)
+        peer, sock = flow.client_conn.peername, flow.client_conn.sockname
+        if client.process is None and peer and sock and is_loopback(str(peer[0])):
+            # Looked up once per connection, at its first metered request, off the event loop.
+            client.process = self._lookups.submit(client_process_name, peer[1], sock[1])
+        self._flows[flow.id] = _Flow(flow, exchange, client)
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = self._flows.get(flow.id)

@@ -97,7 +97,7 @@ class Meter:
         client_process = ex.client_process
         if isinstance(client_process, Future):
             try:
-                client_process = client_process.result(timeout=2)
+                client_process = client_process.result(timeout=1)
             except Exception:
                 client_process = None
         return {
