@@ -208,6 +208,7 @@ def report(home: Home, today: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="With --status: print it as JSON.")
 def forward(home: Home, status: bool, retry_rejected: bool, dry_run: bool, as_json: bool) -> None:
     """Deliver pending receipts to LockN Logger now, then exit (for cron, or after an outage)."""
+    _setup_logging(verbose=False)
     forwarding = Forwarding.resolve(home.ensure().load_config(), os.environ, force=True)
     if status:
         _forward_status(home, forwarding, as_json)
@@ -229,8 +230,6 @@ def forward(home: Home, status: bool, retry_rejected: bool, dry_run: bool, as_js
         f"delivered {report.delivered} receipts to {forwarding.where()}; "
         f"{report.rejected} rejected; {report.pending} pending"
     )
-    for line in report.rejections:
-        click.echo(f"rejected {line}", err=True)
     if report.failure is not None:
         raise MeterproxyError(
             f"LockN Logger at {forwarding.where()}: {report.failure.error}; "
@@ -255,6 +254,8 @@ def _forward_status(home: Home, forwarding: Forwarding, as_json: bool) -> None:
         for row in data["rejected_receipts"]:
             body = " ".join((row["response_body"] or "").split())[:160]
             click.echo(f"  {row['receipt_id']}  HTTP {row['last_status']}  {body}")
+        if (more := data["rejected"] - len(data["rejected_receipts"])) > 0:
+            click.echo(f"  ... and {more:,} more")
 
 
 def _report_cells(row: dict[str, Any]) -> list[str]:

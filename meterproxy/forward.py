@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -264,7 +264,6 @@ class DrainReport:
     rejected: int = 0
     pending: int = 0
     failure: Attempt | None = None
-    rejections: list[str] = field(default_factory=list)
 
 
 class Sender:
@@ -354,7 +353,7 @@ class Sender:
                     [iso_utc(time.time())],
                 )
             while True:
-                result = self._round(db, ignore_schedule=True, wait=True, rejections=report.rejections)
+                result = self._round(db, ignore_schedule=True, wait=True)
                 assert result is not None
                 report.delivered += result.delivered
                 report.rejected += result.rejected
@@ -371,9 +370,7 @@ class Sender:
 
     # --- rounds ----------------------------------------------------------------------------
 
-    def _round(
-        self, db: Database, ignore_schedule: bool, wait: bool, rejections: list[str] | None = None
-    ) -> Round | None:
+    def _round(self, db: Database, ignore_schedule: bool, wait: bool) -> Round | None:
         """Send one batch of due receipts; None when another process holds the outbox."""
         with _outbox_lock(self.home, wait) as held:
             if not held:
@@ -394,8 +391,6 @@ class Sender:
                     result.delivered += 1
                 elif attempt.outcome == "rejected":
                     result.rejected += 1
-                    if rejections is not None:
-                        rejections.append(f"{receipt_id}: HTTP {attempt.status} {attempt.body[:200]}".rstrip())
                 else:
                     result.failure = attempt
                     result.retry_at = time.time() + (attempt.retry_after or 0)

@@ -64,6 +64,7 @@ def test_receipts_match_the_ledger_field_by_field(upstream, start_proxy, client_
         extra_args=("-v",),
         env={"LOCKN_LOGGER_ENDPOINT": logger.url, "LOCKN_LOGGER_API_KEY": LOGGER_KEY},
     )
+    assert wait_until(lambda: "receipts to LockN Logger" in proxy.output())
     assert f"receipts to LockN Logger: {logger.url} (batch 10, API key set" in proxy.output()
     client_env(proxy, agent="marcus")
     upstream.reply(
