@@ -4,8 +4,11 @@ local HTTPS provider stand-in, and a recording LockN Logger stand-in on loopback
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 
 from tests.fake_logger import Answer, FakeLogger
 from tests.fake_upstream import Reply
+from tests.proxy_process import REPO
 from tests.test_e2e_core import anthropic_client, fixture, openai_client, sse_events
 
 LOGGER_KEY = "lk_live_E2EKEYneverInLogs9876543210zyx"
@@ -256,3 +260,31 @@ def test_the_api_key_never_reaches_a_log_line_or_the_ledger(upstream, start_prox
         assert LOGGER_KEY not in result.stdout + result.stderr, args
     for path in home.glob("ledger.db*"):
         assert LOGGER_KEY.encode() not in path.read_bytes(), path
+
+
+def test_start_says_whether_forwarding_is_on_and_rejects_bad_settings(start_proxy, home) -> None:
+    off = start_proxy()
+    assert wait_until(lambda: "receipts to LockN Logger" in off.output())
+    assert "receipts to LockN Logger: off (set LOCKN_LOGGER_ENDPOINT or pass --forward)" in off.output()
+    assert off.stop() == 0
+    forced = start_proxy(extra_args=("--forward",), env={"LOCKN_LOGGER_INCLUDE_LOCAL": "false", "LOCKN_LOGGER_FORMAT": "flat"})
+    assert wait_until(lambda: "receipts to LockN Logger" in forced.output())
+    assert (
+        "receipts to LockN Logger: http://localhost:8080/api/receipts "
+        "(batch 10, no API key, local models left out, flat format)"
+    ) in forced.output()
+    assert forced.stop() == 0
+
+    for env, config, words in (
+        ({"LOCKN_LOGGER_BATCH_SIZE": "0"}, "", "LOCKN_LOGGER_BATCH_SIZE: Input should be greater than or equal to 1"),
+        ({"LOCKN_LOGGER_FORMAT": "xml"}, "", "LOCKN_LOGGER_FORMAT: Input should be 'envelope' or 'flat'"),
+        ({}, '[forward]\nendpoint = "logger.internal:8080"\n', "forward.endpoint: Value error, must be an http"),
+        ({}, "[forward]\nbatch = 5\n", "forward.batch: Extra inputs are not permitted"),
+    ):
+        (home / "config.toml").write_text(config)
+        result = subprocess.run(
+            [sys.executable, "-m", "meterproxy", "start", "--port", "0", "--home", str(home)],
+            capture_output=True, text=True, timeout=60, env=os.environ | {"PYTHONPATH": str(REPO)} | env,
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert words in result.stderr and "Traceback" not in result.stderr
