@@ -121,7 +121,8 @@ class MeterAddon:
             upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
             forwarding = Forwarding.resolve(
-                config, os.environ, ctx.options.meterproxy_forward, ctx.options.meterproxy_forward_previews
+                config, os.environ, ctx.options.meterproxy_forward, ctx.options.meterproxy_forward_previews,
+                store_policy=None,  # TODO(issue 5): the storage policy, once it exists on main
             )
             writer = LedgerWriter(home.ledger, meter)
             sender = attach(writer, home, forwarding)

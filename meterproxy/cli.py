@@ -83,7 +83,10 @@ def start(
 
     _setup_logging(verbose)
     config = home.ensure().load_config()
-    forwarding = Forwarding.resolve(config, os.environ, forward, forward_previews)
+    # TODO(issue 5): pass the storage policy (--store / [storage]) once it exists on main.
+    forwarding = Forwarding.resolve(config, os.environ, forward, forward_previews, store_policy=None)
+    if forward_previews and not forwarding.previews:
+        click.echo("warning: --forward-previews needs the storage policy full: receipts carry no previews", err=True)
     spec = ProxySpec(
         home=home,
         host=host or config.proxy.host,
@@ -219,16 +222,17 @@ def forward(home: Home, status: bool, retry_rejected: bool, dry_run: bool, as_js
         for body in outbox_bodies(db, forwarding, include_rejected=retry_rejected):
             click.echo(body.decode())
             count += 1
-        key = "Authorization: Bearer *** and X-Api-Key: *** with " if forwarding.api_key else ""
+        key = "Authorization: Bearer ***, X-Api-Key: ***, " if forwarding.api_key else ""
         click.echo(
-            f"dry run: would POST {count} receipts to {forwarding.where()} ({key}Idempotency-Key: <receiptId>)",
+            f"dry run: would POST {count} receipts to {forwarding.where()} "
+            f"(headers: {key}Idempotency-Key: <receiptId>)",
             err=True,
         )
         return
     report = Sender(home.ensure(), forwarding).drain(retry_rejected)
     click.echo(
-        f"delivered {report.delivered} receipts to {forwarding.where()}; "
-        f"{report.rejected} rejected; {report.pending} pending"
+        f"LockN Logger at {forwarding.where()}: {report.delivered:,} delivered, "
+        f"{report.rejected:,} rejected, {report.pending:,} pending"
     )
     if report.failure is not None:
         raise MeterproxyError(

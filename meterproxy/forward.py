@@ -82,13 +82,17 @@ class Forwarding:
     settings: ForwardSettings
     enabled: bool
     previews: bool = False
-    """Put the stored (already redacted) previews in receipts: ``--forward-previews`` under ``--store full``."""
+    """Put the stored (already redacted) previews in receipts."""
 
     @classmethod
     def resolve(
-        cls, config: Config, env: Mapping[str, str], force: bool = False, previews: bool = False
+        cls, config: Config, env: Mapping[str, str], force: bool = False,
+        previews: bool = False, store_policy: str | None = None,
     ) -> Forwarding:
-        """On when an endpoint is configured (env or config) or ``force`` (``--forward``) is given."""
+        """On when an endpoint is configured (env or config) or ``force`` (``--forward``) is given.
+
+        Previews go out only when asked (``--forward-previews``) under the storage policy ``full``.
+        """
         given = {name: env[var] for name, var in ENV_NAMES.items() if env.get(var)}
         try:
             overlay = ForwardSettings.model_validate(given)
@@ -96,7 +100,8 @@ class Forwarding:
             first = e.errors()[0]
             raise MeterproxyError(f"{ENV_NAMES[str(first['loc'][0])]}: {first['msg']}") from None
         settings = config.forward.model_copy(update={name: getattr(overlay, name) for name in given})
-        return cls(settings, enabled=force or settings.endpoint is not None, previews=previews)
+        enabled = force or settings.endpoint is not None
+        return cls(settings, enabled, previews=previews and store_policy == "full")
 
     @property
     def endpoint(self) -> str:

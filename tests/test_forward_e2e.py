@@ -189,11 +189,11 @@ def test_rejected_receipt_is_kept_reported_and_retried(upstream, start_proxy, cl
     assert (data["pending"], data["delivered"], data["rejected"]) == (0, 0, 1)
     assert data["rejected_receipts"][0]["response_body"] == '{"error": "payloadJson: unknown model"}'
 
-    assert proxy.cli("forward").stdout.startswith("delivered 0 receipts")  # rejected ones wait
+    assert proxy.cli("forward").stdout.endswith(": 0 delivered, 0 rejected, 0 pending\n")  # rejected ones wait
     logger.default = Answer()
     retried = proxy.cli("forward", "--retry-rejected")
     assert retried.returncode == 0, retried.stderr
-    assert retried.stdout.startswith("delivered 1 receipts")
+    assert retried.stdout.endswith(": 1 delivered, 0 rejected, 0 pending\n")
     assert list(logger.stored) == [receipt_id]
     assert "0 pending, 1 delivered, 0 rejected" in proxy.cli("forward", "--status").stdout
     assert LOGGER_KEY not in proxy.output()
@@ -230,7 +230,7 @@ def test_forward_command_dry_run_outage_and_drain(upstream, start_proxy, client_
     assert logger.posts == []  # the dry run sent nothing
     drained = proxy.cli("forward")
     assert drained.returncode == 0, drained.stderr
-    assert drained.stdout.strip() == f"delivered 4 receipts to {logger.url}; 0 rejected; 0 pending"
+    assert drained.stdout.strip() == f"LockN Logger at {logger.url}: 4 delivered, 0 rejected, 0 pending"
     assert sorted(logger.stored) == sorted(outbox_states(proxy))
     for result in (status, dry, down, drained):
         assert LOGGER_KEY not in result.stdout + result.stderr
