@@ -303,6 +303,14 @@ def test_settings_from_env_override_config(tmp_path: Path) -> None:
     assert KEY not in repr(fwd) and KEY not in fwd.describe()
     off = Forwarding.resolve(Config(), {})
     assert not off.enabled and off.endpoint == "http://localhost:8080/api/receipts"
+    assert off.describe() == "receipts to LockN Logger: off (set LOCKN_LOGGER_ENDPOINT or pass --forward)"
+    with pytest.raises(MeterproxyError, match="LOCKN_LOGGER_FORMAT: Input should be 'envelope' or 'flat'"):
+        Forwarding.resolve(config, {"LOCKN_LOGGER_FORMAT": "xml"})
+    with pytest.raises(ValueError, match="forward.batch\n  Extra inputs are not permitted"):
+        Config.model_validate({"forward": {"batch": 5}})
+    # Previews only with --forward-previews under the storage policy full.
+    assert not Forwarding.resolve(config, {}, previews=True, store_policy="preview").previews
+    assert Forwarding.resolve(config, {}, previews=True, store_policy="full").previews
     assert Forwarding.resolve(Config(), {}, force=True).enabled
     assert Forwarding.resolve(Config.model_validate({"forward": {"LOCKN_LOGGER_ENDPOINT": "https://x.test/r"}}), {}).enabled
     with pytest.raises(MeterproxyError, match="LOCKN_LOGGER_BATCH_SIZE"):
