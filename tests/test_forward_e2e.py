@@ -17,19 +17,11 @@ import pytest
 from tests.fake_logger import Answer, FakeLogger
 from tests.fake_upstream import Reply
 from tests.proxy_process import REPO
-from tests.test_e2e_core import anthropic_client, fixture, openai_client, sse_events
+from tests.test_e2e_core import anthropic_client, client_env, fixture, openai_client, sse_events  # noqa: F401
+from tests.test_forward import wait_for as wait_until
 
 LOGGER_KEY = "lk_live_E2EKEYneverInLogs9876543210zyx"
 FAST = "retry_delay = 0.05\nmax_delay = 0.5\n"
-
-
-@pytest.fixture
-def client_env(monkeypatch: pytest.MonkeyPatch):
-    def apply(proxy, agent: str | None = None) -> None:
-        for name, value in proxy.client_env(agent).items():
-            monkeypatch.setenv(name, value)
-
-    return apply
 
 
 @pytest.fixture
@@ -52,13 +44,12 @@ def outbox_states(proxy) -> dict[str, str]:
         return dict(conn.execute("SELECT receipt_id, state FROM outbox"))
 
 
-def wait_until(condition, timeout: float = 30) -> bool:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+def openai_calls(upstream, count: int) -> None:
+    """``count`` chat completions with the openai SDK, through the proxy the environment names."""
+    upstream.reply(*(Reply.json(fixture("openai/chat_completion.json")) for _ in range(count)))
+    client = openai_client(upstream)
+    for _ in range(count):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
 
 
 def test_receipts_match_the_ledger_field_by_field(upstream, start_proxy, client_env, logger, tmp_path) -> None:
@@ -125,10 +116,7 @@ def test_sigkill_with_pending_receipts_then_restart_delivers_them(upstream, star
     configure(home, logger)  # the Logger is not listening yet
     proxy = start_proxy(f"localhost:{upstream.port}=openai")
     client_env(proxy)
-    upstream.reply(*(Reply.json(fixture("openai/chat_completion.json")) for _ in range(3)))
-    client = openai_client(upstream)
-    for _ in range(3):
-        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    openai_calls(upstream, 3)
     assert len(proxy.wait_rows(3)) == 3
     assert wait_until(lambda: len(outbox_states(proxy)) == 3)
     assert set(outbox_states(proxy).values()) == {"pending"}
@@ -148,14 +136,11 @@ def test_a_slow_logger_does_not_slow_proxy_traffic(upstream, start_proxy, client
     configure(home, logger, "timeout = 30\n")
     proxy = start_proxy(f"localhost:{upstream.port}=openai")
     client_env(proxy)
-    upstream.reply(*(Reply.json(fixture("openai/chat_completion.json")) for _ in range(10)))
-    client = openai_client(upstream)
-    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "warm up"}])
+    openai_calls(upstream, 1)
     assert wait_until(lambda: logger.posts)  # the sender is now stuck in a POST for up to 30 s
 
     started = time.time()
-    for _ in range(9):
-        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    openai_calls(upstream, 9)
     elapsed = time.time() - started
     # Nine calls while the Logger holds the sender: they take what they take without it (well
     # under a second here), never the Logger's 30-60 s.
@@ -175,8 +160,7 @@ def test_rejected_receipt_is_kept_reported_and_retried(upstream, start_proxy, cl
     configure(home, logger)
     proxy = start_proxy(f"localhost:{upstream.port}=openai")
     client_env(proxy)
-    upstream.reply(Reply.json(fixture("openai/chat_completion.json")))
-    openai_client(upstream).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    openai_calls(upstream, 1)
     assert wait_until(lambda: list(outbox_states(proxy).values()) == ["rejected"])
     [receipt_id] = outbox_states(proxy)
     assert len(logger.posts) == 1  # a 400 is not retried
@@ -203,10 +187,7 @@ def test_forward_command_dry_run_outage_and_drain(upstream, start_proxy, client_
     configure(home, logger)
     proxy = start_proxy(f"localhost:{upstream.port}=openai")
     client_env(proxy)
-    upstream.reply(*(Reply.json(fixture("openai/chat_completion.json")) for _ in range(4)))
-    client = openai_client(upstream)
-    for _ in range(4):
-        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    openai_calls(upstream, 4)
     assert wait_until(lambda: len(outbox_states(proxy)) == 4)
     assert proxy.stop() == 0  # SIGTERM with the Logger down: receipts stay pending
     assert set(outbox_states(proxy).values()) == {"pending"}
@@ -243,12 +224,10 @@ def test_the_api_key_never_reaches_a_log_line_or_the_ledger(upstream, start_prox
     configure(home, logger)
     proxy = start_proxy(f"localhost:{upstream.port}=openai", extra_args=("-v",))
     client_env(proxy)
-    upstream.reply(*(Reply.json(fixture("openai/chat_completion.json")) for _ in range(2)))
-    client = openai_client(upstream)
-    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    openai_calls(upstream, 1)
     assert wait_until(lambda: "rejected" in outbox_states(proxy).values())
     logger.go_away()
-    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    openai_calls(upstream, 1)
     assert wait_until(lambda: "connection refused" in proxy.output()), proxy.output()
     assert proxy.stop() == 0
 
