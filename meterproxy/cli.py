@@ -211,6 +211,8 @@ def report(home: Home, today: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="With --status: print it as JSON.")
 def forward(home: Home, status: bool, retry_rejected: bool, dry_run: bool, as_json: bool) -> None:
     """Deliver pending receipts to LockN Logger now, then exit (for cron, or after an outage)."""
+    if as_json and not status:
+        raise click.UsageError("--json goes with --status")
     _setup_logging(verbose=False)
     forwarding = Forwarding.resolve(home.ensure().load_config(), os.environ, force=True)
     if status:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import os
 import random
 import ssl
@@ -66,6 +67,7 @@ QUICK_TRIES = 3
 QUICK_WAIT_MAX = 30.0
 """A ``Retry-After`` longer than this ends the round instead of being waited out in it."""
 IDLE_POLL = 30.0
+RETRY_AFTER_MAX = 86400.0
 KEPT_BODY = 4096
 """Characters of a rejecting answer kept in the outbox."""
 
@@ -278,8 +280,6 @@ class Sender:
         self.home = home
         self.forwarding = forwarding
         self.settings = forwarding.settings
-        self.delivered = 0
-        self.rejected = 0
         self._http = _Http(forwarding)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -424,11 +424,9 @@ class Sender:
         }
         if attempt.outcome == "delivered":
             update |= {"state": "delivered", "delivered_at": iso_utc(now), "logger_id": attempt.logger_id}
-            self.delivered += 1
             log.debug("receipt %s delivered", receipt_id)
         elif attempt.outcome == "rejected":
             update |= {"state": "rejected", "response_body": attempt.body}
-            self.rejected += 1
             log.warning(
                 "LockN Logger rejected receipt %s: HTTP %s %s (kept; see `meterproxy forward --status`)",
                 receipt_id, attempt.status, attempt.body[:200],
@@ -524,17 +522,17 @@ def _describe(error: BaseException, timeout: float) -> str:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds (delay-seconds or an HTTP date); None when absent or unreadable."""
+    """``Retry-After`` in seconds (delay-seconds or an HTTP date, at most a day); None when unreadable."""
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
-        return None
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX) if math.isfinite(seconds) else None
 
 
 def _answer_id(text: str) -> str | None:

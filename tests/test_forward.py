@@ -327,3 +327,14 @@ def test_wire_body_envelope_is_stable() -> None:
         "source": "meterproxy", "tags": ["meterproxy", "provider:anthropic", "model:claude-sonnet-4-5"],
         "payloadJson": payload,
     }
+
+
+def test_retry_after_forms() -> None:
+    from email.utils import formatdate
+
+    from meterproxy.forward import _retry_after
+
+    assert _retry_after("120") == 120
+    assert _retry_after(None) is None and _retry_after("soon") is None and _retry_after("nan") is None
+    assert _retry_after("-5") == 0 and _retry_after("1e12") == 86400
+    assert 55 <= _retry_after(formatdate(time.time() + 60, usegmt=True)) <= 60
