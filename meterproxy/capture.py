@@ -117,7 +117,7 @@ class MeterAddon:
             home = Home.resolve(ctx.options.meterproxy_home or None).ensure()
             config = home.load_config()
             self.routes = RouteTable.build(ctx.options.meterproxy_routes, config.routes, PROVIDERS)
-            meter = Meter(PriceTable.load(home.root / "pricing.toml"))
+            meter = Meter(PriceTable.load(home.pricing_file))
             upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
             forwarding = Forwarding.resolve(
