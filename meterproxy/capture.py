@@ -10,6 +10,7 @@ same addon.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from meterproxy.attribution import (
 )
 from meterproxy.errors import MeterproxyError
 from meterproxy.exchange import Abort, Exchange, new_id
+from meterproxy.forward import Forwarding, Sender, attach
 from meterproxy.home import Home
 from meterproxy.meter import Meter
 from meterproxy.pricing import PriceTable
@@ -78,6 +80,7 @@ class MeterAddon:
 
     def __init__(self) -> None:
         self.writer: LedgerWriter | None = None
+        self.sender: Sender | None = None
         self.routes: RouteTable | None = None
         self._clients: dict[str, _Client] = {}
         self._flows: dict[str, _Flow] = {}
@@ -104,11 +107,22 @@ class MeterAddon:
             "Add stream_options.include_usage to OpenAI-compatible streaming requests that lack it, "
             "and remove the extra usage chunk before the client sees it.",
         )
+        loader.add_option(
+            "meterproxy_forward", bool, False,
+            "Forward receipts to LockN Logger even when no endpoint is configured (default endpoint).",
+        )
+        loader.add_option(
+            "meterproxy_forward_previews", bool, False,
+            "Put the stored, redacted previews in forwarded receipts (with the storage policy full).",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "meterproxy_inject_stream_usage" in updated:
             self.inject_stream_usage = ctx.options.meterproxy_inject_stream_usage
-        if not {"meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca"} & updated:
+        if not {
+            "meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca",
+            "meterproxy_forward", "meterproxy_forward_previews",
+        } & updated:
             return
         try:
             home = Home.resolve(ctx.options.meterproxy_home or None).ensure()
@@ -117,14 +131,23 @@ class MeterAddon:
             meter = Meter(PriceTable.load(home.pricing_file))
             upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
+            forwarding = Forwarding.resolve(
+                config, os.environ, ctx.options.meterproxy_forward, ctx.options.meterproxy_forward_previews,
+                store_policy=None,  # TODO(issue 5): the storage policy, once it exists on main
+            )
             writer = LedgerWriter(home.ledger, meter)
+            sender = attach(writer, home, forwarding)
             writer.start()
             tokens.preload()
         except MeterproxyError as e:
             raise exceptions.OptionsError(str(e)) from e
         if self.writer is not None:
             self.writer.close()
-        self.writer = writer
+        if self.sender is not None:
+            self.sender.stop()
+        self.writer, self.sender = writer, sender
+        if sender is not None:
+            sender.start()
         changes: dict[str, object] = {}
         if ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
             changes["confdir"] = str(home.certs)
@@ -141,6 +164,8 @@ class MeterAddon:
         self._flows.clear()
         if self.writer is not None:
             self.writer.close()
+        if self.sender is not None:
+            self.sender.stop()
         self._lookups.shutdown(wait=False, cancel_futures=True)
 
     # --- connections ---------------------------------------------------------------------
