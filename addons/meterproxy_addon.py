@@ -1,7 +1,10 @@
 """Meter with plain mitmdump: ``mitmdump -s addons/meterproxy_addon.py``.
 
 The same addon as ``meterproxy start``. Options (``--set NAME=VALUE``): ``meterproxy_home``,
-``meterproxy_routes`` (HOST[:PORT]=PROVIDER, repeatable), ``meterproxy_upstream_ca``.
+``meterproxy_routes`` (HOST[:PORT]=PROVIDER, repeatable), ``meterproxy_upstream_ca``,
+``meterproxy_inject_stream_usage`` (true/false).
+``meterproxy_forward`` and ``meterproxy_forward_previews`` (receipts to LockN Logger; the
+``LOCKN_LOGGER_*`` variables and config.toml's ``[forward]`` apply too).
 Unless ``confdir`` is set, mitmproxy uses the meterproxy home's ``certs/`` as its CA store.
 """
 
