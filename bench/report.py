@@ -63,11 +63,14 @@ def targets(result: dict[str, Any], writer_rate: int) -> list[dict[str, Any]]:
     out.append(_target(f"RSS growth streaming {big.get('bytes', 0) // 2**20} MiB (MiB)", growth, "< 50",
                        None if growth is None else growth < 50, _get(big, "mitmdump", "rss_growth_mib")))
     w = result.get("writer", {})
-    keeps_up = (w.get("offered_per_s", 0) >= 0.98 * writer_rate and w.get("queue_max", 1e9) <= writer_rate * 0.2
-                and w.get("drain_after_offer_ms", 1e9) < 1000)
-    out.append(_target(f"Ledger writer at {writer_rate} calls/s (max queue; drain ms)",
-                       f"{w.get('queue_max')}; {w.get('drain_after_offer_ms')}", f"<= {writer_rate // 5}; < 1000",
-                       keeps_up))
+    # The writer wakes every LINGER (0.2 s) by design: "keeping up" is a queue that stays under
+    # half a second of calls, is no longer at the end than at the start, and drains at once.
+    first, last = w.get("queue_mean_first_third", 0), w.get("queue_mean_last_third", 1e9)
+    keeps_up = (w.get("offered_per_s", 0) >= 0.98 * writer_rate and w.get("queue_max", 1e9) < writer_rate / 2
+                and last <= first * 1.5 + 10 and w.get("drain_after_offer_ms", 1e9) < 1000)
+    out.append(_target(f"Ledger writer at {writer_rate} calls/s (queue max; mean first/last third; drain ms)",
+                       f"{w.get('queue_max')}; {first}/{last}; {w.get('drain_after_offer_ms')}",
+                       f"< {writer_rate // 2}; not growing; < 1000", keeps_up))
     ledger = result.get("ledger", {})
     out.append(_target("Ledger rows after SIGTERM = requests made", f"{ledger.get('rows')} / {ledger.get('requests')}",
                        "equal", ledger.get("rows") == ledger.get("requests") and bool(ledger.get("requests"))))
@@ -140,7 +143,11 @@ def markdown(result: dict[str, Any]) -> str:
                        ("proxy RSS growth MiB", "rss_growth_mib")):
         lines.append(f"| {label} | {' | '.join(_cell(_get(big, p, key)) for p in ('direct', 'mitmdump', 'meterproxy'))} |")
     ledger, w = result.get("ledger", {}), result.get("writer", {})
+    idle = result.get("rss_at_start_mib", {})
     lines += [
+        "",
+        f"Proxy RSS 2 s after start, idle: mitmdump {_cell(idle.get('mitmdump'))} MiB, "
+        f"meterproxy {_cell(idle.get('meterproxy'))} MiB.",
         "",
         "## Ledger and writer",
         "",

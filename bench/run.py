@@ -53,7 +53,7 @@ class Mode:
 MODES = {
     "quick": Mode("quick", segment=0.6, rounds=1, warmup=0.3, chunks=10, interval_ms=10,
                   big_stream=16 * MIB, writer_seconds=1.0, burst=500),
-    "full": Mode("full", segment=5.0, rounds=4, warmup=2.0, chunks=50, interval_ms=20,
+    "full": Mode("full", segment=3.0, rounds=8, warmup=2.0, chunks=50, interval_ms=20,
                  big_stream=1024 * MIB, writer_seconds=10.0, burst=5000),
 }
 WRITER_RATE = 500
@@ -307,6 +307,8 @@ async def run(mode: Mode, work: Path) -> dict[str, Any]:
     }
     bench = Bench(mode, work)
     try:
+        await asyncio.sleep(2)  # meterproxy loads its tiktoken encodings in the background
+        result["rss_at_start_mib"] = {path: round(memory_mib(pid)["rss"], 1) for path, pid in bench.pids.items()}
         for scenario in scenarios(mode):
             result["scenarios"][scenario.name] = await bench.scenario(scenario)
             result["load_average"][scenario.name] = os.getloadavg()
