@@ -33,11 +33,13 @@ from meterproxy.attribution import (
 )
 from meterproxy.errors import MeterproxyError
 from meterproxy.exchange import Abort, Exchange, new_id
-from meterproxy.home import Home
+from meterproxy.home import Config, Home
 from meterproxy.meter import Meter
 from meterproxy.pricing import PriceTable
 from meterproxy.providers import PROVIDERS
+from meterproxy.redact import Redactor, redact_logs
 from meterproxy.routes import RouteTable
+from meterproxy.storage import STORE_POLICIES, Storage
 from meterproxy.tap import ResponseTap
 from meterproxy.writer import LedgerWriter
 
@@ -95,21 +97,29 @@ class MeterAddon:
             "meterproxy_upstream_ca", str, "",
             "A CA bundle trusted for upstream TLS, in addition to the public roots.",
         )
+        loader.add_option(
+            "meterproxy_store", str, "",
+            "What of each call's content is stored, redacted: none, preview or full "
+            "(default: config.toml, else preview).",
+        )
 
     def configure(self, updated: set[str]) -> None:
-        if not {"meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca"} & updated:
+        if not {"meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca", "meterproxy_store"} & updated:
             return
         try:
             home = Home.resolve(ctx.options.meterproxy_home or None).ensure()
             config = home.load_config()
             self.routes = RouteTable.build(ctx.options.meterproxy_routes, config.routes, PROVIDERS)
-            meter = Meter(PriceTable.load(home.root / "pricing.toml"))
+            storage = _storage(ctx.options.meterproxy_store or config.storage.store, config)
+            meter = Meter(PriceTable.load(home.root / "pricing.toml"), storage)
             upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
             writer = LedgerWriter(home.ledger, meter)
             writer.start()
         except MeterproxyError as e:
             raise exceptions.OptionsError(str(e)) from e
+        redact_logs(storage.redactor)
+        log.info("storing %s of each call, redacted", _describe(storage))
         if self.writer is not None:
             self.writer.close()
         self.writer = writer
@@ -276,6 +286,20 @@ def _secrets(request: http.Request) -> tuple[str, ...]:
         if key.lower() in ("key", "api_key", "api-key") and value:
             values.append(value)
     return tuple(v for v in values if len(v) >= 8)
+
+
+def _storage(policy: str, config: Config) -> Storage:
+    if policy not in STORE_POLICIES:
+        raise MeterproxyError(f"bad storage policy {policy!r}: choose one of {', '.join(STORE_POLICIES)}")
+    redactor = Redactor(config.redact.patterns, config.redact.allow)
+    return Storage(policy, config.storage.preview_chars, redactor)  # type: ignore[arg-type]
+
+
+def _describe(storage: Storage) -> str:
+    if storage.policy == "none":
+        return "no content (metadata and usage only)"
+    previews = f"previews of {storage.preview_chars} characters"
+    return previews if storage.policy == "preview" else f"full bodies (compressed) and {previews}"
 
 
 def _abort_side(flow: http.HTTPFlow, message: str) -> Abort | None:

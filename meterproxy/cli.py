@@ -68,10 +68,15 @@ def cli() -> None:
 )
 @click.option("--grace", type=float, default=10.0, show_default=True,
               help="Seconds calls in flight get to finish on SIGINT/SIGTERM.")
+@click.option(
+    "--store", type=click.Choice(["none", "preview", "full"]),
+    help="Content stored per call, always redacted: none, preview (the default, or config.toml's) "
+    "or full (compressed bodies).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every metered call.")
 def start(
     home: Home, host: str | None, port: int | None, routes: tuple[str, ...],
-    upstream_ca: Path | None, grace: float, verbose: bool,
+    upstream_ca: Path | None, grace: float, store: str | None, verbose: bool,
 ) -> None:
     """Run the metering proxy in the foreground."""
     from meterproxy.proxy import ProxySpec, serve
@@ -85,6 +90,7 @@ def start(
         routes=routes,
         upstream_ca=upstream_ca,
         grace=grace,
+        store=store,
     )
 
     def ready(listen_host: str, listen_port: int) -> None:

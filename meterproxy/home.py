@@ -10,10 +10,12 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from meterproxy.errors import MeterproxyError
+from meterproxy.redact import Redactor
 
 DEFAULT_HOME = "~/.meterproxy"
 
@@ -28,11 +30,31 @@ class ProxySettings(_Section):
     upstream_ca: str | None = None
 
 
+class StorageSettings(_Section):
+    store: Literal["none", "preview", "full"] = "preview"
+    """What of each call's content is kept (``meterproxy start --store`` overrides it)."""
+    preview_chars: int = Field(default=500, ge=1, le=1_000_000)
+
+
+class RedactSettings(_Section):
+    patterns: dict[str, str] = Field(default_factory=dict)
+    """Extra findings: name -> regex; each match becomes ``[REDACTED:name]``."""
+    allow: list[str] = Field(default_factory=list)
+    """Regexes of findings to keep (matched against the whole finding)."""
+
+    @model_validator(mode="after")
+    def _compiles(self) -> RedactSettings:
+        Redactor(self.patterns, self.allow)  # raises ValueError naming a bad pattern
+        return self
+
+
 class Config(_Section):
     """The schema of ``config.toml``; unknown keys are errors, so typos never pass silently."""
 
     routes: dict[str, str] = Field(default_factory=dict)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    redact: RedactSettings = Field(default_factory=RedactSettings)
 
 
 @dataclass(frozen=True)
@@ -95,4 +117,5 @@ class Home:
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise MeterproxyError(f"{path}: {where}: {first['msg']}") from e
+            message = first["msg"].removeprefix("Value error, ")
+            raise MeterproxyError(f"{path}: {where}: {message}") from e

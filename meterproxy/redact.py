@@ -22,6 +22,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 PLACEHOLDER = re.compile(
     r"\[(?:REDACTED(?::[A-Za-z0-9_-]+)?|EMAIL|PHONE|CARD|IBAN|PATH:~|IP:private|IP:link-local|AMOUNT)\]"
@@ -219,11 +220,10 @@ def _email(match: re.Match[str], text: str) -> Span | None:
     start = at
     while start > 0 and at - start < 64 and text[start - 1] in _LOCAL_PART:
         start -= 1
-    glued = start > 0 and text[start - 1] in _LOCAL_PART  # longer than a local part can be
     while start < at and not text[start].isalnum():
         start += 1
     after = text[end] if end < len(text) else " "
-    if start == at or glued or after.isalnum() or after in "_-":
+    if start == at or after.isalnum() or after in "_-":
         return None
     if text[start:at].lower() == "git" or _USERINFO_BEFORE.search(text, max(0, start - 120), start):
         return None
@@ -451,10 +451,10 @@ class Redactor:
         extra = []
         for name, regex in (patterns or {}).items():
             if not KIND_NAME.fullmatch(name):
-                raise ValueError(f"redact.patterns: bad name {name!r} (letters, digits, _ and - only)")
-            extra.append(Rule(name, compile_pattern(f"redact.patterns.{name}", regex), f"[REDACTED:{name}]"))
+                raise ValueError(f"patterns: {name!r} is not a valid name (letters, digits, _ and -, at most 40)")
+            extra.append(Rule(name, compile_pattern(f"patterns.{name}", regex), f"[REDACTED:{name}]"))
         self.rules: tuple[Rule, ...] = SECRET_RULES + tuple(extra) + (ASSIGNMENT_RULE, AWS_SECRET_RULE) + PII_RULES
-        self.allow = tuple(compile_pattern("redact.allow", regex) for regex in allow)
+        self.allow = tuple(compile_pattern("allow", regex) for regex in allow)
 
     def redact(self, text: str, secrets: Sequence[str] = ()) -> tuple[str, int]:
         """``text`` with every finding replaced, and how many there were.
@@ -569,3 +569,94 @@ def _rebuild(pieces: Sequence[str], spans: list[_Span]) -> list[str]:
         out.append("".join(parts))
         offset = end
     return out
+
+
+# --- one call's stored content --------------------------------------------------------------
+
+_MEMO_MAX_CHARS = 256
+
+
+class CallRedaction:
+    """Redacts everything stored for one call, including its own credentials; counts findings.
+
+    Short strings repeat in a call (ids, model names, roles in every stream event): their
+    result is remembered, so a stream of a thousand events costs little more than its text.
+    """
+
+    def __init__(self, redactor: Redactor, secrets: Sequence[str] = ()):
+        self.redactor = redactor
+        self.secrets = tuple(secrets)
+        self.count = 0
+        self._memo: dict[str, tuple[str, int]] = {}
+
+    def text(self, value: str) -> str:
+        found = self._memo.get(value)
+        if found is None:
+            found = self.redactor.redact(value, self.secrets)
+            if len(value) <= _MEMO_MAX_CHARS:
+                self._memo[value] = found
+        self.count += found[1]
+        return found[0]
+
+    def pieces(self, pieces: Sequence[str]) -> list[str]:
+        redacted, count = self.redactor.redact_pieces(pieces, self.secrets)
+        self.count += count
+        return redacted
+
+    def json(self, value: Any) -> Any:
+        """Decoded JSON with every string (keys too) redacted; values under secret-like keys
+        (``"password": ...``) and card-like numbers replaced whole."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                name = self.text(key) if isinstance(key, str) else key
+                placeholder = secret_value(key, item) if isinstance(item, str) and isinstance(key, str) else None
+                if placeholder:
+                    self.count += 1
+                    out[name] = placeholder
+                else:
+                    out[name] = self.json(item)
+            return out
+        if isinstance(value, list):
+            return [self.json(item) for item in value]
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
+            digits = str(value)
+            redacted = self.text(digits)
+            return value if redacted == digits else redacted
+        return value
+
+
+# --- logs -----------------------------------------------------------------------------------
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts every log record a handler emits: message, arguments and traceback."""
+
+    def __init__(self, redactor: Redactor):
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        record.msg, record.args = self.redactor.redact(message)[0], ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redactor.redact(record.exc_text)[0]
+        if record.stack_info:
+            record.stack_info = self.redactor.redact(record.stack_info)[0]
+        return True
+
+
+def redact_logs(redactor: Redactor, logger: logging.Logger | None = None) -> None:
+    """Put a :class:`RedactingFilter` on every handler of ``logger`` (default: the root logger),
+    replacing one put there before."""
+    for handler in (logger or logging.getLogger()).handlers:
+        for old in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(RedactingFilter(redactor))
