@@ -143,9 +143,9 @@ CORPUS: list[Planted] = [
     Planted("[PHONE]", t := "(212) 555-0187", t),
     Planted("[PHONE]", t := "646.555.0199", t),
     Planted("[PHONE]", t := "+49 151 23456789", t),
-    *(Planted("[CARD]", _grouped(card, sep), card) for card, sep in zip(_cards, (" ", "-", "", " "))),
+    *(Planted("[CARD]", g, g) for g in (_grouped(card, sep) for card, sep in zip(_cards, (" ", "-", "", " ")))),
     Planted("[CARD]", _cards[2][:4] + " " + _cards[2][4:10] + " " + _cards[2][10:], _cards[2][4:10]),
-    *(Planted("[IBAN]", _grouped(iban, " "), iban[4:12]) for iban in _ibans),
+    *(Planted("[IBAN]", g, g) for g in (_grouped(iban, " ") for iban in _ibans)),
     Planted("[IBAN]", _ibans[0], _ibans[0]),
     # Paths with user names
     Planted("[PATH:~]", "/Users/zorbatrix/Documents/contract.pdf", "/Users/zorbatrix"),
