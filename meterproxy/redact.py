@@ -80,10 +80,29 @@ def _default_span(match: re.Match[str]) -> Span:
 # --- checks ---------------------------------------------------------------------------------
 
 
-def _glued(text: str, start: int, end: int, extra: str = "_-") -> bool:
+_PLACEHOLDER_AT_END = re.compile(PLACEHOLDER.pattern + r"\Z")
+
+
+def _before(text: str, start: int) -> str:
+    """The character before ``start``; a placeholder there reads as a letter (it stands for
+    a word), so a text redacts the same before and after its neighbours are replaced."""
+    if start <= 0:
+        return " "
+    char = text[start - 1]
+    return "a" if char == "]" and _PLACEHOLDER_AT_END.search(text, max(0, start - 60), start) else char
+
+
+def _after(text: str, end: int) -> str:
+    """The character at ``end``, a placeholder read as a letter (see :func:`_before`)."""
+    if end >= len(text):
+        return " "
+    char = text[end]
+    return "a" if char == "[" and PLACEHOLDER.match(text, end) else char
+
+
+def _glued(text: str, start: int, end: int, extra: str = "") -> bool:
     """The span continues a longer token on either side."""
-    before = text[start - 1] if start > 0 else " "
-    after = text[end] if end < len(text) else " "
+    before, after = _before(text, start), _after(text, end)
     return before.isalnum() or before in extra or after.isalnum() or after in extra
 
 
@@ -130,8 +149,7 @@ _AWS_SECRET_CHARS = re.compile(r"[A-Za-z0-9/+]+")
 
 def _after_word(match: re.Match[str], text: str) -> Span | None:
     """``bearer``/``token`` as a word, then a token with letters and digits."""
-    start = match.start()
-    if start > 0 and text[start - 1].isalpha():
+    if _before(text, match.start()).isalpha():
         return None
     value = match.group("s")
     if not (any(c.isdigit() for c in value) and any(c.isalpha() for c in value)):
@@ -140,8 +158,8 @@ def _after_word(match: re.Match[str], text: str) -> Span | None:
 
 
 def _header_value(match: re.Match[str], text: str) -> Span | None:
-    start = match.start()
-    if start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+    before = _before(text, match.start())
+    if before.isalnum() or before == "_":
         return None
     value = text[match.start("s"):match.end("s")]
     return None if _REFERENCE.match(value) or PLACEHOLDER.search(value) else match.span("s")
@@ -161,34 +179,45 @@ _CARD_PREFIX = re.compile(r"4|5[1-5]|2(?:2[2-9]|[3-6]\d|7[01]|720)|3[47]|3(?:0[0
 
 
 def _card(match: re.Match[str], text: str) -> Span | None:
-    """13 to 19 digits (one kind of separator at most), a card network's prefix, Luhn-valid.
+    """13 to 19 digits (grouped as on a card), a card network's prefix, Luhn-valid.
 
     Tries the longest run first, then shorter ones: a card followed by an expiry date or a
     CVC in the same run of digits is still found.
     """
     start = match.start()
-    if start > 0 and (text[start - 1].isdigit() or text[start - 1] in ".,-_" or text[start - 1].isalpha()):
+    before = _before(text, start)
+    if before.isalnum() or before in ".,-_":
         return None
     raw = match.group()
-    if len({c for c in raw if not c.isdigit()}) > 1 or not _CARD_PREFIX.match(raw):
+    if not _CARD_PREFIX.match(raw):
         return None
     ends = [i + 1 for i, c in enumerate(raw) if c.isdigit()]
     for digit_count in range(min(len(ends), 19), 12, -1):
         end = ends[digit_count - 1]
-        after = text[start + end] if start + end < len(text) else " "
+        after = _after(text, start + end)
         if after.isalnum() or after in "_":
             continue
         if after in " -" and start + end + 1 < len(text) and text[start + end + 1] in ".,":
             continue
-        if _luhn(raw[:end].replace(" ", "").replace("-", "")):
+        if _card_groups(raw[:end]) and _luhn(raw[:end].replace(" ", "").replace("-", "")):
             return start, start + end
     return None
+
+
+def _card_groups(raw: str) -> bool:
+    """Digits as cards print them: in one run, in fours, or 4-6-5 / 4-6-4 (Amex, Diners)."""
+    if " " in raw and "-" in raw:
+        return False
+    groups = [len(g) for g in re.split(r"[ -]", raw)]
+    if len(groups) == 1:
+        return True
+    return groups in ([4, 6, 5], [4, 6, 4]) or (all(g == 4 for g in groups[:-1]) and 1 <= groups[-1] <= 4)
 
 
 def _iban(match: re.Match[str], text: str) -> Span | None:
     """Two letters, two check digits, mod-97 valid: the longest such prefix of the match."""
     start = match.start()
-    if start > 0 and text[start - 1].isalnum():
+    if _before(text, start).isalnum():
         return None
     raw = match.group()
     ends = [i + 1 for i, c in enumerate(raw) if c != " " and (i + 1 == len(raw) or raw[i + 1] == " ")]
@@ -196,8 +225,7 @@ def _iban(match: re.Match[str], text: str) -> Span | None:
         ends = [len(raw)]
     for end in reversed(ends):
         compact = raw[:end].replace(" ", "")
-        after = text[start + end] if start + end < len(text) else " "
-        if not 15 <= len(compact) <= 34 or after.isalnum():
+        if not 15 <= len(compact) <= 34 or _after(text, start + end).isalnum():
             continue
         moved = compact[4:] + compact[:4]
         if int("".join(str(int(c, 36)) for c in moved)) % 97 == 1:
@@ -222,23 +250,44 @@ def _email(match: re.Match[str], text: str) -> Span | None:
         start -= 1
     while start < at and not text[start].isalnum():
         start += 1
-    after = text[end] if end < len(text) else " "
-    if start == at or after.isalnum() or after in "_-":
+    after = _after(text, end)
+    if start == at or after.isalnum() or after in "_-" or _before(text, start).isalnum():
         return None
     if text[start:at].lower() == "git" or _USERINFO_BEFORE.search(text, max(0, start - 120), start):
         return None
     return start, end
 
 
+def _decimal_follows(text: str, end: int) -> bool:
+    return text[end:end + 1] == "." and text[end + 1:end + 2].isdigit()
+
+
 def _phone(match: re.Match[str], text: str) -> Span | None:
-    start, end = match.span()
-    before = text[start - 1] if start > 0 else " "
-    after = text[end] if end < len(text) else " "
-    if before.isalnum() or before in "+_./-" or after.isalnum() or after in "_-":
+    """``+`` and 8 to 15 digits, or a North American ``(415) 555-0134`` / ``415-555-0134``.
+
+    An international number followed by more digit groups is cut back to the longest
+    prefix that is a possible number.
+    """
+    start = match.start()
+    before = _before(text, start)
+    if before.isalnum() or before in "+_./-":
         return None
-    digits = sum(c.isdigit() for c in match.group())
-    ok = 8 <= digits <= 15 if match.group().startswith("+") else digits == 10
-    return match.span() if ok else None
+    found = match.group()
+    if found.count(".") == 1 and not any(c in found for c in " -()"):
+        return None  # +35236450.6: a signed decimal
+    if not found.startswith("+"):
+        end = match.end()
+        ok = sum(c.isdigit() for c in found) == 10 and not _decimal_follows(text, end)
+        return match.span() if ok and not _after(text, end).isalnum() else None
+    ends = [i + 1 for i, c in enumerate(found) if c.isdigit() and (i + 1 == len(found) or not found[i + 1].isdigit())]
+    for length in reversed(ends):
+        end = start + length
+        after = _after(text, end)
+        if 8 <= sum(c.isdigit() for c in found[:length]) <= 15 and not (
+            after.isalnum() or after in "_-" or _decimal_follows(text, end)
+        ):
+            return start, end
+    return None
 
 
 def _ipv4(match: re.Match[str], text: str) -> Span | None:
@@ -250,8 +299,7 @@ def _ipv4(match: re.Match[str], text: str) -> Span | None:
 
 def _ipv6(match: re.Match[str], text: str) -> Span | None:
     start, end = match.span()
-    before = text[start - 1] if start > 0 else " "
-    after = text[end] if end < len(text) else " "
+    before, after = _before(text, start), _after(text, end)
     if before.isalnum() or before in "_:" or after.isalnum() or after in "_:":
         return None
     return match.span()
@@ -266,7 +314,7 @@ def _user_path(match: re.Match[str], text: str) -> Span | None:
     start = match.start()
     if match.group("name").lower() in _NOT_USERS:
         return None
-    before = text[start - 1] if start > 0 else " "
+    before = _before(text, start)
     if (before.isalnum() or before in "._-") and not _WSL_MOUNT.search(text, max(0, start - 6), start):
         return None
     return match.span()
@@ -275,10 +323,11 @@ def _user_path(match: re.Match[str], text: str) -> Span | None:
 def _amount(match: re.Match[str], text: str) -> Span | None:
     """``$1`` alone is a shell or regex reference, not money; ``$1.50`` or ``$12`` is money."""
     start, end = match.span()
-    before = text[start - 1] if start > 0 else " "
-    after = text[end] if end < len(text) else " "
+    before, after = _before(text, start), _after(text, end)
     if before.isalnum() or before in "_$\\" or (after.isalpha() or after == "_") and not match.group("unit"):
         return None
+    if _decimal_follows(text, end):
+        return None  # $4.1.6: a section number
     number = match.group("n")
     return match.span() if len(number.replace(",", "")) >= 2 or "." in number else None
 
@@ -294,9 +343,11 @@ _SECRET_NAME_AT_END = re.compile(rf"(?i)(?:{_PASSWORD_NAMES}|{_SECRET_NAMES})\Z"
 _PASSWORD_NAME_AT_END = re.compile(rf"(?i)(?:{_PASSWORD_NAMES})\Z")
 _ASSIGNMENT = re.compile(
     rf"(?P<name>{_PASSWORD_NAMES}|{_SECRET_NAMES})(?![a-z0-9])(?:\\?[\"'])?[ \t]*"
-    r"(?P<sep>:=|=>|==|[:=]|[ \t]+is[ \t]+)[ \t]*(?P<q>\\?[\"'`])?"
-    r"(?P<s>(?(q)[^\"'`\n\\]{1,500}|[^\s\"'`,;&<>(){}\[\]\\]{1,500}))"
+    r"(?P<sep>:=|=>|==|[:=]|[ \t]+is[ \t]+)(?P<space>[ \t]*)"
+    r"(?:\\?\"(?P<dq>[^\"\n\\]{1,500})\\?\"|\\?'(?P<sq>[^'\n\\]{1,500})\\?'|`(?P<bq>[^`\n]{1,500})`"
+    r"|(?P<bare>[^\s\"'`,;&<>(){}\[\]\\]{1,500}))"
 )
+_VALUE_GROUPS = ("dq", "sq", "bq", "bare")
 _REFERENCE = re.compile(r"[$%<]|\{\{|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\Z|process\.env|os\.environ")
 _NOT_SECRETS = {
     "none", "null", "nil", "true", "false", "undefined", "str", "string", "bytes", "int", "optional",
@@ -323,14 +374,30 @@ def secret_value(name: str, value: str, quoted: bool = True, loose: bool = False
     return "[REDACTED:secret]" if looks_random(value) else None
 
 
+_OPERATORS = frozenset("=+-*/%|&<>,:;?")
+_VARIABLE_WORDS = ("pass", "pwd", "secret", "token", "key", "cred", "auth")
+
+
 def _assignment(match: re.Match[str], text: str) -> Span | None:
-    start, end = match.span("s")
-    quoted = match.group("q") is not None
-    if not quoted and end < len(text) and text[end] == "(":
-        return None  # a call: password = getpass()
+    if match.start() > 0 and text[match.start() - 1] == "$":
+        return None  # a variable: $PWD, $SECRET
+    group = next(g for g in _VALUE_GROUPS if match.start(g) >= 0)
+    start, end = match.span(group)
+    value = text[start:end]
+    if group == "bare":
+        stripped = value.rstrip(".:!?")  # punctuation ending a sentence or a Python line
+        end -= len(value) - len(stripped)
+        value = stripped
+        if text[end:end + 1] == "(":
+            return None  # a call: password = getpass()
+        after = text[end:end + 40].lstrip(" \t")[:1]
+        if value.isidentifier() and (
+            any(word in value.lower() for word in _VARIABLE_WORDS)
+            or (after in _OPERATORS and after and match.group("space") and not looks_random(value))
+        ):
+            return None  # code: password = passwd + suffix, user, password = a, b
     loose = match.group("sep").strip() in (":", "is")
-    found = secret_value(match.group("name"), text[start:end], quoted, loose)
-    return (start, end) if found else None
+    return (start, end) if secret_value(match.group("name"), value, group != "bare", loose) else None
 
 
 def _assignment_label(match: re.Match[str]) -> str:
@@ -345,7 +412,9 @@ def _rule(kind: str, pattern: str, placeholder: str | None = None, check: Check 
     return Rule(kind, re.compile(pattern), placeholder or f"[REDACTED:{kind}]", check, triggers, lower)
 
 
-_QUOTE = r"(?:\\?[\"'])?"
+_QUOTE = r"(?:\\?[\"'`])?"
+
+_COOKIE_PAIR = r"[^\s=;\"'`\\]+=[^\s;\"'`\\]*"
 
 SECRET_RULES: tuple[Rule, ...] = (
     _rule(
@@ -380,11 +449,14 @@ SECRET_RULES: tuple[Rule, ...] = (
     _rule(
         "auth_header",
         rf"(?:authorization|x-api-key|api-key|x-goog-api-key){_QUOTE}\s*[:=]\s*{_QUOTE}"
-        r"(?:(?:bearer|basic|digest|token|apikey)\s+)?(?P<s>[^\s\"',;\\]{6,})",
+        r"(?:(?:bearer|basic|digest|token|apikey)\s+)?(?P<s>[^\s\"'`,;\\]{6,})",
         check=_header_value, lower=True,
     ),
-    _rule("cookie", rf"cookie{_QUOTE}\s*:\s*{_QUOTE}(?P<s>[^\s=;\"\\]+=[^\r\n\"\\]*)", triggers=("cookie",),
-          lower=True),
+    _rule(
+        "cookie",
+        rf"cookie{_QUOTE}\s*:\s*{_QUOTE}(?P<s>{_COOKIE_PAIR}(?:;[ \t]*{_COOKIE_PAIR})*;?)",
+        triggers=("cookie",), lower=True,
+    ),
     _rule("password", r"://[^\s:/@\"'<>]{1,100}:(?P<s>[^\s/@\"'<>]{1,200})@", triggers=("://",)),
 )
 """Credentials. Where spans overlap, the rule listed first names the merged finding."""
@@ -408,8 +480,8 @@ PII_RULES: tuple[Rule, ...] = (
     ),
     _rule("iban", r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?", "[IBAN]", check=_iban),
     _rule("card", r"\d(?:[ -]?\d){12,22}", "[CARD]", check=_card),
-    _rule("phone", r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,6}", "[PHONE]", check=_phone, triggers=("+",)),
-    _rule("phone", r"(?:\(\d{3}\)[ .-]?|\d{3}[.-])\d{3}[.-]\d{4}", "[PHONE]", check=_phone),
+    _rule("phone", r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,6}(?![\w-])", "[PHONE]", check=_phone, triggers=("+",)),
+    _rule("phone", r"(?:\(\d{3}\)[ .-]?|\d{3}[.-])\d{3}[.-]\d{4}(?![\w-])", "[PHONE]", check=_phone),
     _rule("user_path", r"/(?:Users|home)/(?P<name>[^\s/\\\"'<>:|?*]+)", "[PATH:~]", check=_user_path,
           triggers=("/Users/", "/home/")),
     _rule("user_path", r"[A-Za-z]:(?:\\{1,2}|/)Users(?:\\{1,2}|/)(?P<name>[^\s/\\\"'<>:|?*]+)", "[PATH:~]",
@@ -438,6 +510,9 @@ class _Span:
     end: int
     rank: int
     placeholder: str
+
+
+_MAX_PASSES = 4
 
 
 class Redactor:
@@ -470,15 +545,20 @@ class Redactor:
         A finding that spans pieces is replaced in the piece where it starts and removed from
         the others, so ``"".join`` of the result equals the redacted joined text.
         """
-        text = "".join(pieces)
+        result, total = list(pieces), 0
         try:
-            spans = self._find(text, secrets)
+            # Removing a finding changes its neighbours' context (a key glued to a PEM block's
+            # dashes becomes a key after a placeholder): repeat until nothing more is found,
+            # which makes redaction idempotent. Text without findings takes one pass.
+            for _ in range(_MAX_PASSES):
+                spans = self._find("".join(result), secrets)
+                if not spans:
+                    break
+                result, total = _rebuild(result, spans), total + len(spans)
         except Exception:  # a redactor bug must never store what it failed to read
             logging.getLogger("meterproxy").exception("redaction failed; the text is withheld")
             return ["[REDACTED:unreadable]"] + [""] * (len(pieces) - 1), 1
-        if not spans:
-            return list(pieces), 0
-        return _rebuild(pieces, spans), len(spans)
+        return result, total
 
     def _find(self, text: str, secrets: Sequence[str]) -> list[_Span]:
         lowered = _ascii_lower(text)
