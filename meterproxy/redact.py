@@ -514,6 +514,13 @@ class _Span:
 
 _MAX_PASSES = 4
 
+_MAYBE_FINDING = re.compile(
+    r"[@$:=+]|PRIVATE KEY|eyJ|Users|/home/|[A-Za-z0-9_/+-]{15}|[A-Z]{2}\d{2}|\d{4}[ -]?\d{4}|\d{3}[.-]\d{3}"
+    r"|\(\d{3}\)|\d\.\d|(?i:pass|pwd|secret|token|key|credential|signature|session)"
+)
+"""Something every built-in rule needs to find anything (a separator, a long token, a keyword...):
+text without it is skipped at once."""
+
 
 class Redactor:
     """Redacts text with the built-in rules, extra patterns and an allow-list."""
@@ -528,7 +535,8 @@ class Redactor:
             if not KIND_NAME.fullmatch(name):
                 raise ValueError(f"patterns: {name!r} is not a valid name (letters, digits, _ and -, at most 40)")
             extra.append(Rule(name, compile_pattern(f"patterns.{name}", regex), f"[REDACTED:{name}]"))
-        self.rules: tuple[Rule, ...] = SECRET_RULES + tuple(extra) + (ASSIGNMENT_RULE, AWS_SECRET_RULE) + PII_RULES
+        self.extra = tuple(extra)
+        self.rules: tuple[Rule, ...] = SECRET_RULES + self.extra + (ASSIGNMENT_RULE, AWS_SECRET_RULE) + PII_RULES
         self.allow = tuple(compile_pattern("allow", regex) for regex in allow)
 
     def redact(self, text: str, secrets: Sequence[str] = ()) -> tuple[str, int]:
@@ -561,8 +569,10 @@ class Redactor:
         return result, total
 
     def _find(self, text: str, secrets: Sequence[str]) -> list[_Span]:
-        lowered = _ascii_lower(text)
         candidates = _literal_spans(text, secrets, len(SECRET_RULES))
+        if not self.extra and not _MAYBE_FINDING.search(text):
+            return candidates  # most short strings (stream deltas, ids) stop here
+        lowered = _ascii_lower(text)
         for rank, rule in enumerate(self.rules):
             for start, end, placeholder in rule.spans(text, lowered):
                 if start < end and not self._allowed(text[start:end]):

@@ -238,3 +238,59 @@ def test_no_planted_item_reaches_disk_or_logs(store, upstream_ca, start_proxy, m
     request = read_body(chat["request_body"]).decode()
     assert [kind for kind in KINDS if kind not in request] == []
     assert json.loads(request)["messages"][3]["role"] == "tool"  # still the request, minus the findings
+
+
+def test_store_none_keeps_no_content(upstream, start_proxy, monkeypatch) -> None:
+    proxy = start_proxy(f"localhost:{upstream.port}=openai", extra_args=("--store", "none"))
+    for name, value in proxy.client_env().items():
+        monkeypatch.setenv(name, value)
+    upstream.reply(Reply.json(chat_json(TEXT)))
+    client = openai.OpenAI(api_key=OPENAI_KEY, base_url=f"{upstream.base_url}/v1", max_retries=0)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": TEXT}])
+    (row,) = proxy.wait_rows(1)
+    assert row["request_preview"] is row["response_preview"] is row["request_body"] is row["response_body"] is None
+    assert row["input_tokens"] == 900 and row["cost_usd"] > 0
+    assert json.loads(row["headers"])["response"] == {"content-type": "application/json"}
+    assert "storing no content" in proxy.output()
+
+
+def test_storage_and_patterns_from_config(home, upstream, start_proxy, monkeypatch) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text(
+        "[storage]\nstore = 'full'\npreview_chars = 40\n"
+        "[redact]\nallow = ['support@acme\\.com']\n[redact.patterns]\nemployee_id = 'EMP-\\d{6}'\n"
+    )
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    for name, value in proxy.client_env().items():
+        monkeypatch.setenv(name, value)
+    upstream.reply(Reply.json(chat_json("ok")))
+    client = openai.OpenAI(api_key=OPENAI_KEY, base_url=f"{upstream.base_url}/v1", max_retries=0)
+    prompt = "EMP-123456 wrote to support@acme.com and zed@acme.com about the outage yesterday"
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": prompt}])
+    (row,) = proxy.wait_rows(1)
+    assert row["request_preview"] == "[REDACTED:employee_id] wrote to support…"
+    assert json.loads(read_body(row["request_body"]))["messages"][0]["content"] == (
+        "[REDACTED:employee_id] wrote to support@acme.com and [EMAIL] about the outage yesterday"
+    )
+    assert "full bodies (compressed) and previews of 40 characters" in proxy.output()
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "code", "words"),
+    [
+        ("[redact.patterns]\nemployee_id = 'EMP-(\\d'\n", ["start", "--port", "0"], 1,
+         ["config.toml", "redact", "patterns.employee_id", "bad regular expression"]),
+        ("", ["start", "--port", "0", "--store", "all"], 2, ["--store", "'all'"]),
+        # Every command reads config.toml: the cheaper ``env`` shows the same errors.
+        ("[redact]\nallow = ['[x']\n", ["env"], 1, ["config.toml", "allow", "'[x'"]),
+        ("[storage]\nstore = 'everything'\n", ["env"], 1, ["config.toml", "storage.store"]),
+    ],
+)
+def test_bad_storage_settings_are_one_line_errors(home, config, args, code, words) -> None:
+    from tests.test_cli import assert_clean_error, meterproxy
+
+    home.mkdir()
+    (home / "config.toml").write_text(config)
+    result = meterproxy(*args)
+    assert_clean_error(result, code, *words)
+    assert "listening" not in result.stdout and "export" not in result.stdout
