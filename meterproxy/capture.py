@@ -111,7 +111,7 @@ class MeterAddon:
             config = home.load_config()
             self.routes = RouteTable.build(ctx.options.meterproxy_routes, config.routes, PROVIDERS)
             storage = _storage(ctx.options.meterproxy_store or config.storage.store, config)
-            meter = Meter(PriceTable.load(home.root / "pricing.toml"), storage)
+            meter = Meter(PriceTable.load(home.pricing_file), storage)
             upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
             writer = LedgerWriter(home.ledger, meter)
@@ -142,12 +142,6 @@ class MeterAddon:
         self._lookups.shutdown(wait=False, cancel_futures=True)
 
     # --- connections ---------------------------------------------------------------------
-
-    def client_connected(self, client: connection.Client) -> None:
-        state = self._clients[client.id] = _Client()
-        peer, sock = client.peername, client.sockname
-        if peer and sock and is_loopback(str(peer[0])):
-            state.process = self._lookups.submit(client_process_name, peer[1], sock[1])
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._clients.pop(client.id, None)
@@ -187,7 +181,12 @@ class MeterAddon:
             request_body=b"",
             started_at=request.timestamp_start,
         )
-        self._flows[flow.id] = _Flow(flow, exchange, self._client(flow))
+        client = self._client(flow)
+        peer, sock = flow.client_conn.peername, flow.client_conn.sockname
+        if client.process is None and peer and sock and is_loopback(str(peer[0])):
+            # Looked up once per connection, at its first metered request, off the event loop.
+            client.process = self._lookups.submit(client_process_name, peer[1], sock[1])
+        self._flows[flow.id] = _Flow(flow, exchange, client)
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = self._flows.get(flow.id)

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,11 @@ from meterproxy import __version__
 from meterproxy.clientenv import client_environment, export_lines
 from meterproxy.errors import MeterproxyError
 from meterproxy.home import Home
-from meterproxy.ledger import connect, recent_calls
+from meterproxy.ledger import connect, iso_utc, recent_calls
+from meterproxy.priceimport import import_litellm
+from meterproxy.pricing import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates, at_utc
 from meterproxy.report import Period, summarize
+from meterproxy.reprice import ModelChange, reprice, usd
 from meterproxy.usage import TOKEN_FIELDS
 
 
@@ -195,6 +198,179 @@ def report(home: Home, today: bool, as_json: bool) -> None:
             f"warning: {data['totals']['unpriced_calls']} calls have no price and are not in the cost total",
             err=True,
         )
+
+
+# --- prices -------------------------------------------------------------------------------
+
+
+@cli.group()
+def pricing() -> None:
+    """Prices: check a price file, show how a model is priced, import LiteLLM's prices."""
+
+
+@pricing.command("check")
+@home_option
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def pricing_check(home: Home, file: Path | None) -> None:
+    """Validate the price files (or FILE in place of yours) and list ledger models with no price."""
+    if file is not None and not file.exists():
+        raise MeterproxyError(f"{file}: no such file")
+    table = PriceTable.load(file or home.pricing_file)
+    bundled = PriceTable.load().entries
+    for source, count in table.files:
+        replaced = [k for k, e in table.entries.items() if e.source == source != BUNDLED and k in bundled]
+        note = f" (replacing bundled: {', '.join(sorted(replaced))})" if replaced else ""
+        click.echo(f"{source}: {count} models, valid{note}")
+    click.echo(f"pricing version: {table.version}")
+    if not home.ledger.exists():
+        click.echo("ledger: none yet")
+        return
+    cursor = _ledger(home).execute(
+        "SELECT provider, COALESCE(model, request_model) AS name, COUNT(*), MIN(started_at), MAX(started_at) "
+        "FROM calls GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
+    )
+    missing = [
+        row for row in cursor.fetchall()
+        if row[0] not in LOCAL_PROVIDERS and table.lookup(row[0] or "", row[1]) is None
+    ]
+    if not missing:
+        click.echo("ledger: every model seen has a price")
+        return
+    click.echo(f"ledger: {len(missing)} model(s) seen without a price (their calls are unpriced):")
+    out = Table(box=None, pad_edge=False)
+    for name in ("provider", "model", "calls", "first call", "last call"):
+        out.add_column(name, justify="right" if name == "calls" else "left")
+    for provider, name, count, first, last in missing:
+        out.add_row(provider or "", name or "(no model name)", f"{count:,}", _local_time(first), _local_time(last))
+    _wide_console().print(out)
+
+
+@pricing.command("show")
+@home_option
+@click.argument("model")
+@click.option("--provider", default="", help="The provider the call went to (its own prices win).")
+@click.option("--at", "when", help="Date or time to show the price in force at [default: now].")
+def pricing_show(home: Home, model: str, provider: str, when: str | None) -> None:
+    """Show the rates MODEL is priced at, and why they match."""
+    table = PriceTable.load(home.pricing_file)
+    at = _when(when) if when else datetime.now().astimezone()
+    price = table.price(provider.lower(), model, at_utc(at.timestamp()))
+    if price is None:
+        close = table.suggestions(model)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise MeterproxyError(f"no price for model {model!r}{hint}: its calls are recorded unpriced")
+    entry = price.match.entry
+    click.echo(f"{model} -> {entry.name} ({entry.provider})")
+    click.echo(f"  why: {price.match.how}")
+    click.echo(f"  defined at: {entry.where}")
+    click.echo(f"  pricing version: {table.version}")
+    out = Table(title=f"USD per 1M tokens (* in force {at:%Y-%m-%d %H:%M})", title_justify="left", box=None)
+    out.add_column("from", no_wrap=True)
+    for name in ("input", "output", "cache read", "cache write", "1h write", "reasoning"):
+        out.add_column(name, justify="right")
+    for period in entry.periods:
+        label = f"{period.since:%Y-%m-%d}" if period.since else "the start"
+        out.add_row(label + (" *" if period is price.period else ""), *_rate_cells(period.rates))
+        for tier in period.tiers:
+            out.add_row(f"  >{tier.above:,} in", *_rate_cells(tier.rates))
+    _wide_console().print(out)
+    if entry.peak is not None:
+        state = "peak" if price.peak else "off-peak"
+        click.echo(f"peak hours ({entry.peak.text}): every rate x{entry.peak.multiplier}; {at:%Y-%m-%d %H:%M} is {state}")
+    if entry.aliases:
+        click.echo(f"aliases: {', '.join(entry.aliases)}")
+
+
+@pricing.command("import")
+@home_option
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def pricing_import(home: Home, file: Path) -> None:
+    """Import LiteLLM's model_prices_and_context_window.json into your pricing.toml."""
+    result = import_litellm(file, home.ensure().pricing_file, datetime.now().astimezone().date())
+    click.echo(
+        f"imported {len(result.imported):,} models into {home.pricing_file} "
+        f"({len(result.changed)} with a price different from the bundled one; "
+        f"{result.unchanged} already priced the same, {result.skipped} skipped: not token-priced chat models)"
+    )
+    if result.changed:
+        shown = ", ".join(result.changed[:10]) + (", ..." if len(result.changed) > 10 else "")
+        click.echo(f"new prices from today for: {shown}")
+    if result.kept:
+        click.echo(f"kept {len(result.kept)} of your own entries: {', '.join(result.kept)}")
+    if result.backup:
+        click.echo(f"previous file saved as {result.backup}")
+    click.echo("run `meterproxy reprice` to apply new prices to calls already recorded")
+
+
+@cli.command("reprice")
+@home_option
+@click.option("--from", "start", help="First day (YYYY-MM-DD, local) or time [default: the first call].")
+@click.option("--to", "end", help="Last day, inclusive (YYYY-MM-DD, local), or time [default: now].")
+@click.option("--model", help="Only calls of this model (as recorded, or priced by the same entry).")
+@click.option("--dry-run", is_flag=True, help="Say what would change; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def reprice_command(
+    home: Home, start: str | None, end: str | None, model: str | None, dry_run: bool, as_json: bool,
+) -> None:
+    """Recompute the cost of stored calls with the current prices, and say what changed."""
+    table = PriceTable.load(home.pricing_file)
+    since = _when(start).timestamp() if start else 0.0
+    until = _when(end, end_of_day=True).timestamp() if end else datetime.now().timestamp() + 1
+    result = reprice(_ledger(home), table, iso_utc(since), iso_utc(until), model, dry_run)
+    total = result.totals()
+    if as_json:
+        rows = [vars(change) for change in (*result.models.values(), total)]
+        click.echo(json.dumps({"pricing_version": result.version, "dry_run": dry_run, "models": rows}, indent=2))
+        return
+    verb = "would change" if dry_run else "changed"
+    click.echo(
+        f"repriced {result.checked:,} calls with pricing version {result.version}: "
+        f"{result.changed:,} {verb}" + (" (dry run: nothing written)" if dry_run else "")
+    )
+    if not result.checked:
+        return
+    out = Table(box=None, pad_edge=False)
+    out.add_column("model", no_wrap=True)
+    for name in ("calls", verb, "before $", "after $", "change $", "unpriced"):
+        out.add_column(name, justify="right", no_wrap=True)
+    for change in sorted(result.models.values(), key=lambda c: (-c.changed, c.model)):
+        out.add_row(change.model, *_change_cells(change))
+    out.add_section()
+    out.add_row("total", *_change_cells(total), style="bold")
+    _wide_console().print(out)
+    if total.unpriced_after:
+        click.echo(f"warning: {total.unpriced_after} calls still have no price (see `meterproxy pricing check`)", err=True)
+
+
+def _wide_console() -> Console:
+    """A console that does not squeeze tables to 80 columns when the output is not a terminal."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _change_cells(change: ModelChange) -> list[str]:
+    before, after = usd(change.before_picousd), usd(change.after_picousd)
+    unpriced = f"{change.unpriced_before} -> {change.unpriced_after}" if change.unpriced_before else str(
+        change.unpriced_after
+    )
+    return [
+        f"{change.calls:,}", f"{change.changed:,}", f"{before:.6f}", f"{after:.6f}", f"{after - before:+.6f}", unpriced,
+    ]
+
+
+def _rate_cells(rates: Rates) -> list[str]:
+    return list(rates.as_dict().values())
+
+
+def _when(text: str, end_of_day: bool = False) -> datetime:
+    """YYYY-MM-DD as local midnight (the next one for an inclusive end), or an ISO time."""
+    try:
+        if len(text) == 10:
+            day = datetime.strptime(text, "%Y-%m-%d").date() + timedelta(days=int(end_of_day))
+            return datetime.combine(day, time()).astimezone()
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise click.BadParameter(f"{text!r}: expected YYYY-MM-DD or an ISO time") from e
+    return moment if moment.tzinfo else moment.astimezone()
 
 
 def _report_cells(row: dict[str, Any]) -> list[str]:

@@ -89,6 +89,11 @@ class Home:
         return self.root / "ledger.db"
 
     @property
+    def pricing_file(self) -> Path:
+        """The user's prices; they replace or extend the bundled ``pricing.toml``."""
+        return self.root / "pricing.toml"
+
+    @property
     def config_file(self) -> Path:
         return self.root / "config.toml"
 

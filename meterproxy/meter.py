@@ -14,7 +14,7 @@ from typing import Any
 
 from meterproxy.exchange import Exchange
 from meterproxy.ledger import iso_utc
-from meterproxy.pricing import PICO, PriceTable
+from meterproxy.pricing import NO_PRICE, PriceTable, at_utc
 from meterproxy.providers import get_provider
 from meterproxy.providers.base import ParsedResponse, RequestInfo
 from meterproxy.storage import Storage
@@ -40,7 +40,7 @@ class Meter:
     def __init__(self, prices: PriceTable, storage: Storage | None = None):
         self.prices = prices
         self.storage = storage or Storage()
-        self._warned_unpriced: set[str] = set()
+        self._warned_unpriced: set[str | None] = set()
 
     def record(self, ex: Exchange) -> Record:
         provider = get_provider(ex.provider)
@@ -79,9 +79,9 @@ class Meter:
             "usage_source": usage_source,
             "usage_note": note,
             "usage_raw": json.dumps(parsed.usage_raw) if parsed.usage_raw is not None else None,
-            "provider_cost_usd": None,
+            "provider_cost_usd": float(parsed.provider_cost_usd) if parsed.provider_cost_usd is not None else None,
         }
-        row |= self._price(ex.provider, model, usage, usage_source, outcome)
+        row |= self._price(ex, model, usage, usage_source, outcome, parsed.provider_cost_usd)
         if outcome == "error" and not row["error"]:
             row["error"] = parsed.error or (f"HTTP {ex.status}" if ex.status else "no response")
         return Record("calls", self.storage.finish("calls", row, ex, request_body, parsed))
@@ -100,7 +100,7 @@ class Meter:
         client_process = ex.client_process
         if isinstance(client_process, Future):
             try:
-                client_process = client_process.result(timeout=2)
+                client_process = client_process.result(timeout=1)
             except Exception:
                 client_process = None
         return {
@@ -121,26 +121,17 @@ class Meter:
         }
 
     def _price(
-        self, provider: str, model: str | None, usage: Usage, usage_source: str, outcome: str
+        self, ex: Exchange, model: str | None, usage: Usage, usage_source: str, outcome: str,
+        provider_cost: Decimal | None,
     ) -> dict[str, Any]:
-        rates = self.prices.rates_for(provider, model)
-        if usage_source == "none" and outcome == "error":
-            # A failed call with no usage reported is not billed.
-            cost: Decimal | None = Decimal(0)
-        elif rates is None or usage_source == "none":
-            cost = None
-            if rates is None and model not in self._warned_unpriced:
-                self._warned_unpriced.add(model or "")
-                log.warning("no price for model %r (%s): its calls are recorded unpriced", model, provider)
-        else:
-            cost = rates.cost(usage)
-        return {
-            "cost_usd": float(cost) if cost is not None else None,
-            "cost_picousd": int((cost / PICO).to_integral_value()) if cost is not None else None,
-            "cost_source": "computed" if cost is not None else "unpriced",
-            "pricing_version": self.prices.version if cost is not None else None,
-            "rates": json.dumps(rates.as_dict()) if cost is not None and rates else None,
-        }
+        cost = self.prices.assess(
+            provider=ex.provider, model=model, usage=usage, usage_source=usage_source, outcome=outcome,
+            started_at=at_utc(ex.started_at), provider_cost=provider_cost,
+        )
+        if cost.reason == NO_PRICE and model not in self._warned_unpriced:
+            self._warned_unpriced.add(model)
+            log.warning("no price for model %r (%s): its calls are recorded unpriced", model, ex.provider)
+        return cost.columns()
 
 
 def _outcome(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) -> str:

@@ -273,3 +273,32 @@ def test_calls_and_report_json(upstream, start_proxy, client_env) -> None:
     assert report["totals"]["cost_usd"] == pytest.approx(2 * calls[0]["cost_usd"])
     assert report["groups"][0]["key"] == "gpt-4o-2024-08-06"
     assert report["groups"][0]["unpriced_calls"] == 0
+
+
+def test_plain_http_to_a_routed_host_is_metered(upstream_ca, start_proxy) -> None:
+    with FakeUpstream(upstream_ca, tls=False) as plain:
+        proxy = start_proxy(f"localhost:{plain.port}=openai")
+        plain.reply(Reply.json(fixture("openai/chat_completion.json")))
+        with httpx.Client(proxy=f"http://cron-7@127.0.0.1:{proxy.port}") as http:
+            r = http.post(f"{plain.base_url}/v1/chat/completions", json={"model": "gpt-4o"},
+                          headers={"X-Meterproxy-Task": "nightly"})
+        assert r.content == fixture("openai/chat_completion.json")
+        assert "proxy-authorization" not in plain.received[0].headers
+        (row,) = proxy.wait_rows(1)
+        assert (row["agent"], row["task"], row["input_tokens"], row["outcome"]) == ("cron-7", "nightly", 1117, "ok")
+
+
+def test_sigint_lets_a_stream_in_flight_finish(upstream, start_proxy, client_env) -> None:
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    client_env(proxy)
+    events = sse_events("openai/chat_stream_usage.sse")
+    upstream.reply(Reply.sse(events, delay=0.1))
+    client = openai_client(upstream)
+    stream = client.chat.completions.create(model="o4-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+    first = next(iter(stream))
+    proxy.proc.send_signal(__import__("signal").SIGINT)
+    rest = list(stream)
+    assert first.choices and len(rest) == len(events) - 2  # every chunk but [DONE] and the first
+    assert proxy.stop() == 0
+    (row,) = proxy.rows()
+    assert (row["outcome"], row["output_tokens"]) == ("ok", 203)

@@ -32,27 +32,24 @@ from meterproxy.usage import Usage, as_count
 LLM_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/responses")
 
 
+# (input, output, input details, output details) field names: Chat/Completions, then Responses.
+_USAGE_SHAPES = (
+    ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details"),
+    ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details"),
+)
+
+
 def usage_from_openai(raw: Any) -> Usage | None:
     """Normalize an OpenAI-style usage object (chat or Responses shape); None if it is not one."""
     u = as_dict(raw)
-    if "prompt_tokens" in u or "completion_tokens" in u:
-        details_in = as_dict(u.get("prompt_tokens_details"))
-        details_out = as_dict(u.get("completion_tokens_details"))
-        return Usage(
-            input_tokens=as_count(u.get("prompt_tokens")),
-            output_tokens=as_count(u.get("completion_tokens")),
-            cache_read_tokens=as_count(details_in.get("cached_tokens")),
-            reasoning_tokens=as_count(details_out.get("reasoning_tokens")),
-        )
-    if "input_tokens" in u or "output_tokens" in u:
-        details_in = as_dict(u.get("input_tokens_details"))
-        details_out = as_dict(u.get("output_tokens_details"))
-        return Usage(
-            input_tokens=as_count(u.get("input_tokens")),
-            output_tokens=as_count(u.get("output_tokens")),
-            cache_read_tokens=as_count(details_in.get("cached_tokens")),
-            reasoning_tokens=as_count(details_out.get("reasoning_tokens")),
-        )
+    for input_key, output_key, input_details, output_details in _USAGE_SHAPES:
+        if input_key in u or output_key in u:
+            return Usage(
+                input_tokens=as_count(u.get(input_key)),
+                output_tokens=as_count(u.get(output_key)),
+                cache_read_tokens=as_count(as_dict(u.get(input_details)).get("cached_tokens")),
+                reasoning_tokens=as_count(as_dict(u.get(output_details)).get("reasoning_tokens")),
+            )
     return None
 
 
