@@ -1,8 +1,10 @@
 """Meter with plain mitmdump: ``mitmdump -s addons/meterproxy_addon.py``.
 
 The same addon as ``meterproxy start``. Options (``--set NAME=VALUE``): ``meterproxy_home``,
-``meterproxy_routes`` (HOST[:PORT]=PROVIDER, repeatable), ``meterproxy_upstream_ca``.
-Unless ``confdir`` is set, mitmproxy uses the meterproxy home's ``certs/`` as its CA store.
+``meterproxy_routes`` (HOST[:PORT]=PROVIDER, repeatable), ``meterproxy_upstream_ca``,
+``meterproxy_store`` (none, preview, full). Unless ``confdir`` is set, mitmproxy uses the
+meterproxy home's ``certs/`` as its CA store. mitmdump prints each flow's URL (query string
+included) itself, unredacted: ``--set flow_detail=0`` keeps that off the terminal.
 """
 
 from meterproxy.capture import MeterAddon

@@ -119,7 +119,7 @@ class MeterAddon:
         except MeterproxyError as e:
             raise exceptions.OptionsError(str(e)) from e
         redact_logs(storage.redactor)
-        log.info("storing %s of each call, redacted", _describe(storage))
+        log.info(_describe(storage))
         if self.writer is not None:
             self.writer.close()
         self.writer = writer
@@ -296,9 +296,11 @@ def _storage(policy: str, config: Config) -> Storage:
 
 def _describe(storage: Storage) -> str:
     if storage.policy == "none":
-        return "no content (metadata and usage only)"
+        return "storing no call content (metadata and usage only)"
     previews = f"previews of {storage.preview_chars} characters"
-    return previews if storage.policy == "preview" else f"full bodies (compressed) and {previews}"
+    if storage.policy == "preview":
+        return f"storing redacted {previews}"
+    return f"storing redacted full bodies (compressed) and {previews}"
 
 
 def _abort_side(flow: http.HTTPFlow, message: str) -> Abort | None:

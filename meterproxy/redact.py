@@ -345,7 +345,7 @@ _ASSIGNMENT = re.compile(
     rf"(?P<name>{_PASSWORD_NAMES}|{_SECRET_NAMES})(?![a-z0-9])(?:\\?[\"'])?[ \t]*"
     r"(?P<sep>:=|=>|==|[:=]|[ \t]+is[ \t]+)(?P<space>[ \t]*)"
     r"(?:\\?\"(?P<dq>[^\"\n\\]{1,500})\\?\"|\\?'(?P<sq>[^'\n\\]{1,500})\\?'|`(?P<bq>[^`\n]{1,500})`"
-    r"|(?P<bare>[^\s\"'`,;&<>(){}\[\]\\]{1,500}))"
+    r"|(?P<bare>[^\s\"'`,;<>(){}\[\]\\]{1,500}))"
 )
 _VALUE_GROUPS = ("dq", "sq", "bq", "bare")
 _REFERENCE = re.compile(r"[$%<]|\{\{|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\Z|process\.env|os\.environ")
@@ -385,9 +385,10 @@ def _assignment(match: re.Match[str], text: str) -> Span | None:
     start, end = match.span(group)
     value = text[start:end]
     if group == "bare":
-        stripped = value.rstrip(".:!?")  # punctuation ending a sentence or a Python line
-        end -= len(value) - len(stripped)
-        value = stripped
+        if _before(text, match.start()) in "?&":  # a URL query: ?password=x&next=param
+            value = value.partition("&")[0]
+        value = value.rstrip(".:!?")  # punctuation ending a sentence or a Python line
+        end = start + len(value)
         if text[end:end + 1] == "(":
             return None  # a call: password = getpass()
         after = text[end:end + 40].lstrip(" \t")[:1]

@@ -89,13 +89,16 @@ class Storage:
     def _content(
         self, ex: Exchange, request_body: bytes, parsed: ParsedResponse | None, call: CallRedaction
     ) -> dict[str, Any]:
+        # Previews in ``full`` come from the redacted bodies: each finding is counted once.
         request = _json(request_body)
         content: dict[str, Any] = {}
         if self.policy == "full" and request_body:
             stored = call.json(request) if request is not None else _text(request_body, call)
             content["request_body"] = _compress(stored)
-        user_text = last_user_text(request)
-        content["request_preview"] = self._preview(call.text(user_text)) if user_text else None
+            user_text = last_user_text(stored)
+        else:
+            user_text = call.text(text) if (text := last_user_text(request)) else None
+        content["request_preview"] = self._preview(user_text) if user_text else None
 
         if ex.status is None:
             return content | {"response_preview": None}

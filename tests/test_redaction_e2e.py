@@ -251,7 +251,7 @@ def test_store_none_keeps_no_content(upstream, start_proxy, monkeypatch) -> None
     assert row["request_preview"] is row["response_preview"] is row["request_body"] is row["response_body"] is None
     assert row["input_tokens"] == 900 and row["cost_usd"] > 0
     assert json.loads(row["headers"])["response"] == {"content-type": "application/json"}
-    assert "storing no content" in proxy.output()
+    assert "storing no call content (metadata and usage only)" in proxy.output()
 
 
 def test_storage_and_patterns_from_config(home, upstream, start_proxy, monkeypatch) -> None:
@@ -272,7 +272,7 @@ def test_storage_and_patterns_from_config(home, upstream, start_proxy, monkeypat
     assert json.loads(read_body(row["request_body"]))["messages"][0]["content"] == (
         "[REDACTED:employee_id] wrote to support@acme.com and [EMAIL] about the outage yesterday"
     )
-    assert "full bodies (compressed) and previews of 40 characters" in proxy.output()
+    assert "storing redacted full bodies (compressed) and previews of 40 characters" in proxy.output()
 
 
 @pytest.mark.parametrize(

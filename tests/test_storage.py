@@ -238,3 +238,10 @@ def test_storage_never_raises(request: bytes, response: bytes, content_type: str
     assert isinstance(row["redactions"], int)
     if row.get("response_body") is not None:
         read_body(row["response_body"])
+
+
+@pytest.mark.parametrize("policy", ["preview", "full"])
+def test_each_finding_is_counted_once(policy: str) -> None:
+    response = json.dumps({"choices": [{"message": {"content": f"use {KEY}"}}]}).encode()
+    row = store(exchange({"messages": [{"role": "user", "content": USER}]}, response), policy)
+    assert row["redactions"] == 3  # a path and an email in the request, a key in the response
