@@ -33,13 +33,13 @@ from meterproxy.attribution import (
 )
 from meterproxy.errors import MeterproxyError
 from meterproxy.exchange import Abort, Exchange, new_id
-from meterproxy.home import Config, Home
+from meterproxy.home import STORE_POLICIES, Config, Home
 from meterproxy.meter import Meter
 from meterproxy.pricing import PriceTable
 from meterproxy.providers import PROVIDERS
 from meterproxy.redact import Redactor, redact_logs
 from meterproxy.routes import RouteTable
-from meterproxy.storage import STORE_POLICIES, Storage
+from meterproxy.storage import Storage
 from meterproxy.tap import ResponseTap
 from meterproxy.writer import LedgerWriter
 

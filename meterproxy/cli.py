@@ -25,7 +25,7 @@ from rich.table import Table
 from meterproxy import __version__
 from meterproxy.clientenv import client_environment, export_lines
 from meterproxy.errors import MeterproxyError
-from meterproxy.home import Home
+from meterproxy.home import STORE_POLICIES, Home
 from meterproxy.ledger import connect, iso_utc, recent_calls
 from meterproxy.priceimport import import_litellm
 from meterproxy.pricing import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates, at_utc
@@ -72,7 +72,7 @@ def cli() -> None:
 @click.option("--grace", type=float, default=10.0, show_default=True,
               help="Seconds calls in flight get to finish on SIGINT/SIGTERM.")
 @click.option(
-    "--store", type=click.Choice(["none", "preview", "full"]),
+    "--store", type=click.Choice(STORE_POLICIES),
     help="Content stored per call, always redacted: none, preview (the default, or config.toml's) "
     "or full (compressed bodies).",
 )

@@ -10,7 +10,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,6 +18,11 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.redact import Redactor
 
 DEFAULT_HOME = "~/.meterproxy"
+
+StorePolicy = Literal["none", "preview", "full"]
+"""What of each call's content is stored (see :mod:`meterproxy.storage`)."""
+STORE_POLICIES: tuple[str, ...] = get_args(StorePolicy)
+DEFAULT_PREVIEW_CHARS = 500
 
 
 class _Section(BaseModel):
@@ -31,9 +36,9 @@ class ProxySettings(_Section):
 
 
 class StorageSettings(_Section):
-    store: Literal["none", "preview", "full"] = "preview"
+    store: StorePolicy = "preview"
     """What of each call's content is kept (``meterproxy start --store`` overrides it)."""
-    preview_chars: int = Field(default=500, ge=1, le=1_000_000)
+    preview_chars: int = Field(default=DEFAULT_PREVIEW_CHARS, ge=1, le=1_000_000)
 
 
 class RedactSettings(_Section):

@@ -1,15 +1,16 @@
 """Find secrets, personal data and user paths in text and replace them with typed placeholders.
 
 ``[REDACTED:openai_key]``, ``[EMAIL]``, ``[PATH:~]``... say what was there without keeping it.
-A :class:`Redactor` is built once (built-in rules plus ``[redact]`` from config.toml) and shared;
-:meth:`Redactor.redact` never raises, leaves text without findings unchanged, and is idempotent:
-placeholders already in a text are never touched again.
+A :class:`Redactor` is built once (built-in rules plus ``[redact]`` from config.toml) and shared.
+:meth:`Redactor.redact` never raises, leaves text without findings unchanged, and is idempotent.
 
-How a text is redacted: every rule finds its candidate spans (cheap literal prefixes and
-boundary checks first, checksums such as Luhn and IBAN mod-97 in code), spans on the allow-list
-are dropped, overlapping spans merge into one (named after the rule listed first), and the text
-is rebuilt once. :meth:`Redactor.redact_pieces` does the same over text split into pieces (the
-deltas of a streamed response), so a key split across three chunks is still found.
+How a text is redacted: every rule finds its candidate spans (literal prefixes and a cheap
+pre-filter first, then boundary checks and checksums such as Luhn and IBAN mod-97 in code),
+spans on the allow-list are dropped, overlapping spans merge into one (named after the rule
+listed first), and the text is rebuilt once. Boundary checks read a placeholder as a word, and
+the search repeats until nothing more is found, so redacting twice changes nothing.
+:meth:`Redactor.redact_pieces` works on text split into pieces (the deltas of a streamed
+response) as if joined, so a key split across three chunks is still found.
 """
 
 from __future__ import annotations

@@ -18,25 +18,23 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import zstandard
 
 from meterproxy.content import last_user_text, response_slots, stream_slots
 from meterproxy.exchange import Exchange
+from meterproxy.home import DEFAULT_PREVIEW_CHARS, StorePolicy
 from meterproxy.providers.base import ParsedResponse, SseEvent, ndjson_lines, sse_events
 from meterproxy.redact import PLACEHOLDER, CallRedaction, Redactor
 from meterproxy.tap import Body
 
 log = logging.getLogger("meterproxy")
 
-StorePolicy = Literal["none", "preview", "full"]
-STORE_POLICIES: tuple[str, ...] = get_args(StorePolicy)
-DEFAULT_PREVIEW_CHARS = 500
 
-REQUEST_HEADERS = ("content-type", "user-agent")
-RESPONSE_HEADERS = ("content-type", "x-request-id", "request-id", "apim-request-id", "x-goog-request-id")
-"""The only headers ever stored. Credentials and cookies never are."""
+STORED_REQUEST_HEADERS = ("content-type", "user-agent")
+"""With the response's content type and request id, the only headers ever stored."""
+REQUEST_ID_SUFFIXES = ("request-id", "requestid", "correlation-id")
 
 SAFE_FIELDS = frozenset({
     "id", "started_at", "provider", "host", "method", "outcome", "agent", "session", "task",
@@ -120,7 +118,7 @@ class Storage:
         if len(text) <= limit:
             return text
         cut = max(limit - 1, 0)
-        opening = text.rfind("[", max(0, cut - 40), cut)
+        opening = text.rfind("[", max(0, cut - 60), cut)
         if opening >= 0 and (found := PLACEHOLDER.match(text, opening)) and found.end() > cut:
             cut = opening
         return text[:cut] + "…"
@@ -139,9 +137,14 @@ def _compress(content: Any) -> bytes:
 
 
 def _headers(ex: Exchange, call: CallRedaction) -> dict[str, dict[str, str]]:
+    """The allow-listed headers: content type, user agent, the provider's request id."""
+    response = {
+        name: value for name, value in ex.response_headers.items()
+        if name == "content-type" or name.endswith(REQUEST_ID_SUFFIXES)
+    }
     return {
-        "request": {h: call.text(ex.request_headers[h]) for h in REQUEST_HEADERS if h in ex.request_headers},
-        "response": {h: call.text(ex.response_headers[h]) for h in RESPONSE_HEADERS if h in ex.response_headers},
+        "request": {h: call.text(ex.request_headers[h]) for h in STORED_REQUEST_HEADERS if h in ex.request_headers},
+        "response": {name: call.text(value) for name, value in response.items()},
     }
 
 
