@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import string
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -668,25 +668,60 @@ def _rebuild(pieces: Sequence[str], spans: list[_Span]) -> list[str]:
 _MEMO_MAX_CHARS = 256
 
 
+class TextCache:
+    """Redactions of long strings, kept across calls, least recently used dropped first.
+
+    Agents resend their whole conversation with every call: in ``full`` storage, each earlier
+    message is redacted once, not once per call. Holds at most ``max_chars`` characters.
+    Not thread-safe: one per writer thread.
+    """
+
+    def __init__(self, max_chars: int = 4_000_000):
+        self.max_chars = max_chars
+        self._chars = 0
+        self._items: OrderedDict[tuple[str, tuple[str, ...]], tuple[str, int]] = OrderedDict()
+
+    def get(self, key: tuple[str, tuple[str, ...]]) -> tuple[str, int] | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, tuple[str, ...]], value: tuple[str, int]) -> None:
+        size = len(key[0]) + len(value[0])
+        if size > self.max_chars or key in self._items:
+            return
+        self._items[key] = value
+        self._chars += size
+        while self._chars > self.max_chars:
+            (text, _), (redacted, _) = self._items.popitem(last=False)
+            self._chars -= len(text) + len(redacted)
+
+
 class CallRedaction:
     """Redacts everything stored for one call, including its own credentials; counts findings.
 
     Short strings repeat in a call (ids, model names, roles in every stream event): their
     result is remembered, so a stream of a thousand events costs little more than its text.
+    Long ones go through ``cache``, shared between calls, when one is given.
     """
 
-    def __init__(self, redactor: Redactor, secrets: Sequence[str] = ()):
+    def __init__(self, redactor: Redactor, secrets: Sequence[str] = (), cache: TextCache | None = None):
         self.redactor = redactor
         self.secrets = tuple(secrets)
         self.count = 0
         self._memo: dict[str, tuple[str, int]] = {}
+        self._cache = cache
 
     def text(self, value: str) -> str:
-        found = self._memo.get(value)
+        short = len(value) <= _MEMO_MAX_CHARS
+        found = self._memo.get(value) if short else self._cache.get((value, self.secrets)) if self._cache else None
         if found is None:
             found = self.redactor.redact(value, self.secrets)
-            if len(value) <= _MEMO_MAX_CHARS:
+            if short:
                 self._memo[value] = found
+            elif self._cache is not None:
+                self._cache.put((value, self.secrets), found)
         self.count += found[1]
         return found[0]
 

@@ -26,7 +26,7 @@ from meterproxy.content import last_user_text, response_slots, stream_slots
 from meterproxy.exchange import Exchange
 from meterproxy.home import DEFAULT_PREVIEW_CHARS, StorePolicy
 from meterproxy.providers.base import ParsedResponse, SseEvent, ndjson_lines, sse_events
-from meterproxy.redact import PLACEHOLDER, CallRedaction, Redactor
+from meterproxy.redact import PLACEHOLDER, CallRedaction, Redactor, TextCache
 from meterproxy.tap import Body
 
 log = logging.getLogger("meterproxy")
@@ -54,6 +54,8 @@ class Storage:
     policy: StorePolicy = "preview"
     preview_chars: int = DEFAULT_PREVIEW_CHARS
     redactor: Redactor = field(default_factory=Redactor)
+    cache: TextCache = field(default_factory=TextCache, compare=False, repr=False)
+    """Long strings already redacted (the conversation history every call resends)."""
 
     def finish(
         self,
@@ -64,7 +66,7 @@ class Storage:
         parsed: ParsedResponse | None = None,
     ) -> dict[str, Any]:
         """Add the stored content to ``row`` and redact every string in it. Never raises."""
-        call = CallRedaction(self.redactor, ex.secrets)
+        call = CallRedaction(self.redactor, ex.secrets, self.cache)
         done: set[str] = set()
         if table == "calls":
             row["headers"] = json.dumps(_headers(ex, call))

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterproxy.redact import CallRedaction, RedactingFilter, Redactor, redact_logs
+from meterproxy.redact import CallRedaction, RedactingFilter, Redactor, TextCache, redact_logs
 from tests.secret_corpus import CORPUS, OPENAI_KEY, Planted, planted_text
 
 REDACTOR = Redactor()
@@ -283,3 +283,17 @@ def test_log_records_are_redacted_with_their_tracebacks() -> None:
     assert "call to /v1/u/[EMAIL] failed for [REDACTED:openai_key]" in output
     assert "RuntimeError: upstream said: bad key [REDACTED:openai_key]" in output
     assert "zed@example.com" not in output and OPENAI_KEY not in output
+
+
+def test_long_strings_are_redacted_once_across_calls() -> None:
+    cache = TextCache(max_chars=3000)
+    history = "earlier message from zed@example.com " * 20  # 740 characters
+    first = CallRedaction(REDACTOR, cache=cache)
+    assert first.text(history).count("[EMAIL]") == 20 and first.count == 20
+    second = CallRedaction(REDACTOR, cache=cache)
+    assert second.text(history) == first.text(history) and second.count == 20  # counted per call
+    assert cache.get((history, ())) is not None
+    assert CallRedaction(REDACTOR, secrets=["zed@example.com"], cache=cache).text(history).count("[EMAIL]") == 20
+    for n in range(5):  # newer strings push the oldest out
+        CallRedaction(REDACTOR, cache=cache).text(f"{n} " + "x" * 600)
+    assert cache.get((history, ())) is None

@@ -19,8 +19,9 @@ from google.genai import types as genai_types
 
 from meterproxy.providers import PROVIDERS
 from meterproxy.storage import read_body
-from tests.fake_upstream import Reply
+from tests.fake_upstream import FakeUpstream, Reply
 from tests.secret_corpus import ANTHROPIC_KEY, CORPUS, GOOGLE_KEY, OPENAI_KEY, Planted, planted_text
+from tests.test_cli import assert_clean_error, meterproxy
 
 TEXT = planted_text()
 KINDS = sorted({item.kind for item in CORPUS})
@@ -174,9 +175,7 @@ def joined_stream_text(body: bytes) -> str:
 
 
 @pytest.mark.parametrize("store", ["full", "preview"])
-def test_no_planted_item_reaches_disk_or_logs(store, upstream_ca, start_proxy, monkeypatch, tmp_path) -> None:
-    from tests.fake_upstream import FakeUpstream
-
+def test_no_planted_item_reaches_disk_or_logs(store, upstream_ca, start_proxy, monkeypatch) -> None:
     assert len(CORPUS) >= 60
     gemini_route = "gemini" if "gemini" in PROVIDERS else "openai"
     with FakeUpstream(upstream_ca) as openai_up, FakeUpstream(upstream_ca) as anthropic_up, \
@@ -287,8 +286,6 @@ def test_storage_and_patterns_from_config(home, upstream, start_proxy, monkeypat
     ],
 )
 def test_bad_storage_settings_are_one_line_errors(home, config, args, code, words) -> None:
-    from tests.test_cli import assert_clean_error, meterproxy
-
     home.mkdir()
     (home / "config.toml").write_text(config)
     result = meterproxy(*args)
