@@ -25,6 +25,7 @@ from rich.table import Table
 from meterproxy import __version__
 from meterproxy.clientenv import client_environment, export_lines
 from meterproxy.errors import MeterproxyError
+from meterproxy.forward import Forwarding, Sender, outbox_bodies, outbox_status
 from meterproxy.home import STORE_POLICIES, Home
 from meterproxy.ledger import connect, iso_utc, recent_calls
 from meterproxy.priceimport import import_litellm
@@ -76,16 +77,30 @@ def cli() -> None:
     help="Content stored per call, always redacted: none, preview (the default, or config.toml's) "
     "or full (compressed bodies).",
 )
+@click.option(
+    "--inject-stream-usage", is_flag=True,
+    help="Ask OpenAI-compatible streams for their usage (stream_options.include_usage) when the "
+         "client did not, and remove the extra chunk before the client sees it.",
+)
+@click.option("--forward", is_flag=True,
+              help="Forward receipts to LockN Logger [default: on when LOCKN_LOGGER_ENDPOINT or [forward] endpoint is set]")
+@click.option("--forward-previews", is_flag=True,
+              help="Put the stored, redacted previews in receipts (only with the storage policy full).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every metered call.")
 def start(
     home: Home, host: str | None, port: int | None, routes: tuple[str, ...],
-    upstream_ca: Path | None, grace: float, store: str | None, verbose: bool,
+    upstream_ca: Path | None, grace: float, store: str | None, inject_stream_usage: bool, forward: bool,
+    forward_previews: bool, verbose: bool,
 ) -> None:
     """Run the metering proxy in the foreground."""
     from meterproxy.proxy import ProxySpec, serve
 
     _setup_logging(verbose)
     config = home.ensure().load_config()
+    # TODO(issue 5): pass the storage policy (--store / [storage]) once it exists on main.
+    forwarding = Forwarding.resolve(config, os.environ, forward, forward_previews, store_policy=None)
+    if forward_previews and not forwarding.previews:
+        click.echo("warning: --forward-previews needs the storage policy full: receipts carry no previews", err=True)
     spec = ProxySpec(
         home=home,
         host=host or config.proxy.host,
@@ -94,11 +109,15 @@ def start(
         upstream_ca=upstream_ca,
         grace=grace,
         store=store,
+        inject_stream_usage=inject_stream_usage,
+        forward=forward,
+        forward_previews=forward_previews,
     )
 
     def ready(listen_host: str, listen_port: int) -> None:
         env = client_environment(home, listen_host, listen_port)  # writes the CA bundle first
         click.echo(f"meterproxy listening on http://{listen_host}:{listen_port} (ledger: {home.ledger})")
+        click.echo(forwarding.describe())
         home_flag = f" --home {home.root}" if home.root != Home.resolve().root else ""
         click.echo(f'# meter a shell: eval "$(meterproxy env{home_flag})", or: meterproxy run{home_flag} -- CMD')
         for name in ("HTTPS_PROXY", "HTTP_PROXY", "SSL_CERT_FILE"):
@@ -198,6 +217,67 @@ def report(home: Home, today: bool, as_json: bool) -> None:
             f"warning: {data['totals']['unpriced_calls']} calls have no price and are not in the cost total",
             err=True,
         )
+
+
+@cli.command()
+@home_option
+@click.option("--status", is_flag=True, help="Show pending, delivered and rejected receipts; send nothing.")
+@click.option("--retry-rejected", is_flag=True, help="Send rejected receipts again (after fixing the cause).")
+@click.option("--dry-run", is_flag=True, help="Print the bodies that would be POSTed (one per line); send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --status: print it as JSON.")
+def forward(home: Home, status: bool, retry_rejected: bool, dry_run: bool, as_json: bool) -> None:
+    """Deliver pending receipts to LockN Logger now, then exit (for cron, or after an outage)."""
+    if as_json and not status:
+        raise click.UsageError("--json goes with --status")
+    _setup_logging(verbose=False)
+    forwarding = Forwarding.resolve(home.ensure().load_config(), os.environ, force=True)
+    if status:
+        _forward_status(home, forwarding, as_json)
+        return
+    if dry_run:
+        db = _ledger(home)
+        count = 0
+        for body in outbox_bodies(db, forwarding, include_rejected=retry_rejected):
+            click.echo(body.decode())
+            count += 1
+        key = "Authorization: Bearer ***, X-Api-Key: ***, " if forwarding.api_key else ""
+        click.echo(
+            f"dry run: would POST {count} receipts to {forwarding.where()} "
+            f"(headers: {key}Idempotency-Key: <receiptId>)",
+            err=True,
+        )
+        return
+    report = Sender(home.ensure(), forwarding).drain(retry_rejected)
+    click.echo(
+        f"LockN Logger at {forwarding.where()}: {report.delivered:,} delivered, "
+        f"{report.rejected:,} rejected, {report.pending:,} pending"
+    )
+    if report.failure is not None:
+        raise MeterproxyError(
+            f"LockN Logger at {forwarding.where()}: {report.failure.error}; "
+            f"{report.pending} receipts stay pending (run `meterproxy forward` again later)"
+        )
+    if report.rejected:
+        sys.exit(1)
+
+
+def _forward_status(home: Home, forwarding: Forwarding, as_json: bool) -> None:
+    data = outbox_status(_ledger(home))
+    if as_json:
+        click.echo(json.dumps({"endpoint": forwarding.where(), **data}, indent=2))
+        return
+    click.echo(f"LockN Logger: {forwarding.where()}")
+    click.echo(f"outbox: {data['pending']:,} pending, {data['delivered']:,} delivered, {data['rejected']:,} rejected")
+    if oldest := data["oldest_pending"]:
+        tried = f", {oldest['attempts']} attempts, last: {oldest['last_error']}" if oldest["attempts"] else ""
+        click.echo(f"oldest pending: {oldest['receipt_id']} since {oldest['created_at']}{tried}")
+    if data["rejected_receipts"]:
+        click.echo("rejected (newest first; `meterproxy forward --retry-rejected` sends them again):")
+        for row in data["rejected_receipts"]:
+            body = " ".join((row["response_body"] or "").split())[:160]
+            click.echo(f"  {row['receipt_id']}  HTTP {row['last_status']}  {body}")
+        if (more := data["rejected"] - len(data["rejected_receipts"])) > 0:
+            click.echo(f"  ... and {more:,} more")
 
 
 # --- prices -------------------------------------------------------------------------------

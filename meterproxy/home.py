@@ -11,8 +11,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator,
+)
 
 from meterproxy.errors import MeterproxyError
 from meterproxy.redact import Redactor
@@ -53,6 +56,39 @@ class RedactSettings(_Section):
         return self
 
 
+def _also(name: str) -> AliasChoices:
+    """A ``[forward]`` key may also be spelled like its environment variable."""
+    return AliasChoices(name, f"LOCKN_LOGGER_{name.upper()}", f"lockn_logger_{name}")
+
+
+class ForwardSettings(_Section):
+    """``[forward]``: receipts to LockN Logger (``LOCKN_LOGGER_*`` environment variables win)."""
+
+    endpoint: str | None = Field(default=None, validation_alias=_also("endpoint"))
+    """Forwarding is on when this is set (or ``meterproxy start --forward``)."""
+    api_key: SecretStr | None = Field(default=None, validation_alias=_also("api_key"))
+    batch_size: int = Field(default=10, ge=1, le=1000, validation_alias=_also("batch_size"))
+    include_local: bool = Field(default=True, validation_alias=_also("include_local"))
+    format: Literal["envelope", "flat"] = Field(default="envelope", validation_alias=_also("format"))
+    timeout: float = Field(default=10.0, gt=0, le=600)
+    """Seconds one POST may take."""
+    retry_delay: float = Field(default=1.0, gt=0, le=600)
+    """First retry delay in seconds; it doubles with each failure (with jitter)."""
+    max_delay: float = Field(default=300.0, gt=0, le=86400)
+    """The longest wait between delivery rounds while the Logger is failing."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+        return value
+
+
 class Config(_Section):
     """The schema of ``config.toml``; unknown keys are errors, so typos never pass silently."""
 
@@ -60,6 +96,7 @@ class Config(_Section):
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     redact: RedactSettings = Field(default_factory=RedactSettings)
+    forward: ForwardSettings = Field(default_factory=ForwardSettings)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,33 @@ def m001_calls(db: Database) -> None:
     db["api_calls"].create_index(["started_at"])
 
 
+OUTBOX_COLUMNS: dict[str, type] = {
+    "receipt_id": str,
+    "created_at": str,
+    "payload": str,
+    "state": str,
+    "attempts": int,
+    "next_attempt_at": str,
+    "last_attempt_at": str,
+    "last_status": int,
+    "last_error": str,
+    "response_body": str,
+    "delivered_at": str,
+    "logger_id": str,
+}
+"""One receipt per call for LockN Logger (meterproxy.forward); ``state`` is pending, delivered or rejected."""
+
+
+@migrations()
+def m002_outbox(db: Database) -> None:
+    db["outbox"].create(
+        OUTBOX_COLUMNS, pk="receipt_id",
+        not_null={"created_at", "payload", "state", "attempts", "next_attempt_at"},
+        defaults={"state": "pending", "attempts": 0},
+    )
+    db["outbox"].create_index(["state", "next_attempt_at"])
+
+
 def iso_utc(timestamp: float) -> str:
     """Epoch seconds as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

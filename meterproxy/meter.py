@@ -8,18 +8,19 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
+from meterproxy import tokens
 from meterproxy.exchange import Exchange
 from meterproxy.ledger import iso_utc
 from meterproxy.pricing import NO_PRICE, PriceTable, at_utc
 from meterproxy.providers import get_provider
-from meterproxy.providers.base import ParsedResponse, RequestInfo
+from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo
 from meterproxy.storage import Storage
 from meterproxy.tap import decode_body
-from meterproxy.usage import Usage
+from meterproxy.usage import Usage, UsageSource
 
 log = logging.getLogger("meterproxy")
 
@@ -45,7 +46,8 @@ class Meter:
     def record(self, ex: Exchange) -> Record:
         provider = get_provider(ex.provider)
         common = self._common(ex)
-        if provider.endpoint_kind(ex.method, ex.path) == "api":
+        kind = provider.endpoint_kind(ex.method, ex.path)
+        if kind == "api":
             common["method"] = ex.method
             common["outcome"] = _outcome(ex, None, RequestInfo())
             return Record("api_calls", self.storage.finish("api_calls", common, ex))
@@ -58,13 +60,13 @@ class Meter:
             else ParsedResponse(note="no response from upstream")
         )
         outcome = _outcome(ex, parsed, request)
-        usage, usage_source, note = parsed.usage, "reported", None
-        if usage is None:
-            usage, usage_source = Usage(), "none"
-            note = parsed.note or "no usage reported"
-            if outcome == "ok":
-                log.warning("call %s to %s%s: %s", ex.id, ex.host, ex.path, note)
         model = parsed.model or request.model
+        usage, usage_source, note = _usage(kind, request, parsed, outcome, model)
+        if ex.injected_usage and usage_source == "reported":
+            note = "usage requested by --inject-stream-usage"
+        if usage_source != "reported" and outcome == "ok":
+            level = logging.WARNING if usage_source == "none" else logging.DEBUG
+            log.log(level, "call %s to %s%s: %s", ex.id, ex.host, ex.path, note)
         row = common | {
             "ttft_ms": _ms(ex.first_byte_at - ex.started_at) if ex.first_byte_at else None,
             "outcome": outcome,
@@ -132,6 +134,36 @@ class Meter:
             self._warned_unpriced.add(model)
             log.warning("no price for model %r (%s): its calls are recorded unpriced", model, ex.provider)
         return cost.columns()
+
+
+def _usage(
+    kind: EndpointKind, request: RequestInfo, parsed: ParsedResponse, outcome: str, model: str | None
+) -> tuple[Usage, UsageSource, str | None]:
+    """The call's usage, where it came from, and a note on how it was made or why it is missing.
+
+    Reported usage wins. A call that reported none, or whose stream ended before its final
+    usage, is estimated from its request and the text received, unless it failed (errors count
+    zero tokens unless reported) or its endpoint is unknown (nothing is guessed there).
+    """
+    reported = parsed.usage
+    if reported is not None and parsed.usage_final:
+        return reported, "reported", parsed.note
+    if kind == "unknown" or outcome == "error" or not (request.prompt.texts or parsed.output_text):
+        if reported is not None:
+            return reported, "reported", "partial usage: the stream ended before its final usage"
+        note = parsed.note or "no usage reported"
+        return Usage(), "none", f"unrecognized endpoint, not estimated: {note}" if kind == "unknown" else note
+    estimate = tokens.estimate(request.prompt, parsed.output_text, model)
+    if reported is not None:
+        usage = replace(
+            reported,
+            input_tokens=reported.input_tokens or estimate.input_tokens,
+            output_tokens=max(reported.output_tokens, estimate.output_tokens),
+        )
+        note = f"stream ended before its final usage: output estimated from what was received, {estimate.method}"
+        return usage, "estimated", note
+    note = f"{parsed.note or 'no usage reported'}; estimated with {estimate.method}"
+    return Usage(estimate.input_tokens, estimate.output_tokens), "estimated", note
 
 
 def _outcome(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) -> str:
