@@ -17,8 +17,8 @@ import pytest
 from google import genai
 from google.genai import types as genai_types
 
-from meterproxy.providers import PROVIDERS
 from meterproxy.storage import read_body
+from tests.fake_logger import FakeLogger
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.secret_corpus import ANTHROPIC_KEY, CORPUS, GOOGLE_KEY, OPENAI_KEY, Planted, planted_text
 from tests.test_cli import assert_clean_error, meterproxy
@@ -105,7 +105,7 @@ def send_planted_traffic(openai_up, anthropic_up, gemini_up) -> int:
         Reply.sse(openai_stream(TEXT)),
         Reply.json(echo, 400),
         Reply.json(responses_json(TEXT)),
-        Reply.json(b'{"id": "chatcmpl-r4", "model": "gpt-4o", "choices": []}'),  # no usage: a warning is logged
+        Reply.json(b'{"id": "chatcmpl-r4", "model": "gpt-4o", "choices": []}'),  # no usage: a log line
     )
     completion = client.chat.completions.create(model="gpt-4o", messages=messages, extra_headers=header_values)
     assert completion.choices[0].message.content == TEXT  # the agent gets every byte, unredacted
@@ -175,14 +175,15 @@ def joined_stream_text(body: bytes) -> str:
 
 
 @pytest.mark.parametrize("store", ["full", "preview"])
-def test_no_planted_item_reaches_disk_or_logs(store, upstream_ca, start_proxy, monkeypatch) -> None:
+def test_no_planted_item_reaches_disk_logs_or_receipts(store, upstream_ca, start_proxy, monkeypatch) -> None:
     assert len(CORPUS) >= 60
-    gemini_route = "gemini" if "gemini" in PROVIDERS else "openai"
+    logger = FakeLogger().start()  # LockN Logger: receipts, with previews where the policy allows
     with FakeUpstream(upstream_ca) as openai_up, FakeUpstream(upstream_ca) as anthropic_up, \
             FakeUpstream(upstream_ca) as gemini_up:
         proxy = start_proxy(
             f"localhost:{openai_up.port}=openai", f"localhost:{anthropic_up.port}=anthropic",
-            f"localhost:{gemini_up.port}={gemini_route}", extra_args=("--store", store),
+            f"localhost:{gemini_up.port}=gemini", extra_args=("--store", store, "--forward-previews", "-v"),
+            env={"LOCKN_LOGGER_ENDPOINT": logger.url},
         )
         for name, value in proxy.client_env(agent="planted").items():
             monkeypatch.setenv(name, value)
@@ -194,13 +195,23 @@ def test_no_planted_item_reaches_disk_or_logs(store, upstream_ca, start_proxy, m
         live_files = home_files(proxy.home)  # the WAL holds the rows until a checkpoint
         assert any(name.endswith("-wal") and data for name, data in live_files.items())
         listed = proxy.calls_json()
+        assert logger.wait_stored(calls) == calls
         assert proxy.stop() == 0
+        logger.go_away()
 
     for name, data in (live_files | home_files(proxy.home)).items():
         assert leaks(data) == [], f"planted items in {name}"
     assert leaks(proxy.output().encode()) == [], "planted items in the proxy's output"
-    assert "/v1/u/[EMAIL]/chat/completions: response reported no usage" in proxy.output()
+    assert "/v1/u/[EMAIL]/chat/completions: " in proxy.output()  # the log line is there, redacted
     assert leaks(json.dumps(listed).encode()) == []
+    receipts = [post.receipt for post in logger.posts]
+    assert leaks(b"".join(post.body for post in logger.posts)) == [], "planted items in receipts"
+    with_previews = [r for r in receipts if r.get("requestPreview")]
+    if store == "full":  # previews leave the machine only when asked for, and only redacted
+        assert len(with_previews) == calls
+        assert all("[REDACTED:" in r["requestPreview"] for r in with_previews if r["requestPreview"] != "hi")
+    else:
+        assert with_previews == []
 
     with sqlite3.connect(proxy.ledger) as db:
         db.row_factory = sqlite3.Row
