@@ -163,7 +163,14 @@ def _header_value(match: re.Match[str], text: str) -> Span | None:
     if before.isalnum() or before == "_":
         return None
     value = text[match.start("s"):match.end("s")]
-    return None if _REFERENCE.match(value) or PLACEHOLDER.search(value) else match.span("s")
+    if _REFERENCE.match(value) or PLACEHOLDER.search(value):
+        return None
+    if _CALL.match(value):
+        return None  # code: authorization = self.headers.get(...)
+    return match.span("s")
+
+
+_CALL = re.compile(r"[A-Za-z_][\w.]*[(\[]")
 
 
 def _luhn(digits: str) -> bool:
@@ -276,6 +283,8 @@ def _phone(match: re.Match[str], text: str) -> Span | None:
     found = match.group()
     if found.count(".") == 1 and not any(c in found for c in " -()"):
         return None  # +35236450.6: a signed decimal
+    if found.startswith("+0"):
+        return None  # no country code starts with 0
     if not found.startswith("+"):
         end = match.end()
         ok = sum(c.isdigit() for c in found) == 10 and not _decimal_follows(text, end)

@@ -90,6 +90,8 @@ def test_findings_in_context(text: str, expected: str) -> None:
         "Decimal('+35236450.6') and RFC 4122, $4.1.6",
         "bearer tokens expire after an hour",
         "color #ff8800; width: 100%; z-index: 1000",
+        'authorization = self.headers.get("authorization")',
+        "aligned in the form '+000000120'",
     ],
 )
 def test_ordinary_text_is_kept(text: str) -> None:
