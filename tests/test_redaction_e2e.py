@@ -226,7 +226,7 @@ def test_no_planted_item_reaches_disk_logs_or_receipts(store, upstream_ca, start
     assert "[REDACTED:" in error["error"] and error["outcome"] == "error"
     assert all(row["redactions"] > 0 for row in stored if row is not query)
 
-    # What was about the call is still readable: every kind of placeholder is in the previews.
+    # What the call was about is still readable: previews with placeholders, cut to 500 characters.
     for row in (chat, chat_stream, responses, claude, gemini_call):
         assert row["request_preview"] and row["response_preview"], row["endpoint"]
         assert len(row["request_preview"]) <= 500 and len(row["response_preview"]) <= 500
