@@ -97,8 +97,9 @@ def start(
 
     _setup_logging(verbose)
     config = home.ensure().load_config()
-    # TODO(issue 5): pass the storage policy (--store / [storage]) once it exists on main.
-    forwarding = Forwarding.resolve(config, os.environ, forward, forward_previews, store_policy=None)
+    forwarding = Forwarding.resolve(
+        config, os.environ, forward, forward_previews, store_policy=store or config.storage.store
+    )
     if forward_previews and not forwarding.previews:
         click.echo("warning: --forward-previews needs the storage policy full: receipts carry no previews", err=True)
     spec = ProxySpec(
