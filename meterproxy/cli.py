@@ -26,7 +26,7 @@ from meterproxy import __version__
 from meterproxy.clientenv import client_environment, export_lines
 from meterproxy.errors import MeterproxyError
 from meterproxy.forward import Forwarding, Sender, outbox_bodies, outbox_status
-from meterproxy.home import Home
+from meterproxy.home import STORE_POLICIES, Home
 from meterproxy.ledger import connect, iso_utc, recent_calls
 from meterproxy.priceimport import import_litellm
 from meterproxy.pricing import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates, at_utc
@@ -73,6 +73,11 @@ def cli() -> None:
 @click.option("--grace", type=float, default=10.0, show_default=True,
               help="Seconds calls in flight get to finish on SIGINT/SIGTERM.")
 @click.option(
+    "--store", type=click.Choice(STORE_POLICIES),
+    help="Content stored per call, always redacted: none, preview (the default, or config.toml's) "
+    "or full (compressed bodies).",
+)
+@click.option(
     "--inject-stream-usage", is_flag=True,
     help="Ask OpenAI-compatible streams for their usage (stream_options.include_usage) when the "
          "client did not, and remove the extra chunk before the client sees it.",
@@ -84,7 +89,7 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log every metered call.")
 def start(
     home: Home, host: str | None, port: int | None, routes: tuple[str, ...],
-    upstream_ca: Path | None, grace: float, inject_stream_usage: bool, forward: bool,
+    upstream_ca: Path | None, grace: float, store: str | None, inject_stream_usage: bool, forward: bool,
     forward_previews: bool, verbose: bool,
 ) -> None:
     """Run the metering proxy in the foreground."""
@@ -92,8 +97,9 @@ def start(
 
     _setup_logging(verbose)
     config = home.ensure().load_config()
-    # TODO(issue 5): pass the storage policy (--store / [storage]) once it exists on main.
-    forwarding = Forwarding.resolve(config, os.environ, forward, forward_previews, store_policy=None)
+    forwarding = Forwarding.resolve(
+        config, os.environ, forward, forward_previews, store_policy=store or config.storage.store
+    )
     if forward_previews and not forwarding.previews:
         click.echo("warning: --forward-previews needs the storage policy full: receipts carry no previews", err=True)
     spec = ProxySpec(
@@ -103,6 +109,7 @@ def start(
         routes=routes,
         upstream_ca=upstream_ca,
         grace=grace,
+        store=store,
         inject_stream_usage=inject_stream_usage,
         forward=forward,
         forward_previews=forward_previews,
