@@ -100,15 +100,25 @@ def anthropic_json(size: int) -> bytes:
     })
 
 
+PROSE = ("Here is a short answer: the weather today is mild, with a light breeze from the west "
+         "and a few clouds later in the day. ")
+"""Generated text is prose like this (what the redactor and the token counter usually see)."""
+
+
+def prose(length: int) -> str:
+    return (PROSE * (length // len(PROSE) + 1))[:length]
+
+
 def _padded(size: int, make: Callable[[str], dict]) -> bytes:
     bare = len(json.dumps(make("")))
-    return json.dumps(make("x" * max(size - bare, 1))).encode()
+    return json.dumps(make(prose(max(size - bare, 1)))).encode()
 
 
 def _split(shape: Shape) -> list[str]:
     """The content of each event: ``shape.size`` bytes over ``shape.chunks`` events."""
     each, extra = divmod(max(shape.size - 400, shape.chunks), shape.chunks)
-    return ["x" * (each + (i < extra)) for i in range(shape.chunks)]
+    text = prose(each + 1)
+    return [text[:each + (i < extra)] for i in range(shape.chunks)]
 
 
 def _openai_events(shape: Shape) -> list[bytes]:
