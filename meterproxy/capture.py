@@ -9,6 +9,7 @@ same addon.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -173,6 +174,11 @@ class MeterAddon:
         # The writer thread holds the GIL for a whole batch of records (milliseconds at hundreds
         # of calls/s); a shorter switch interval bounds how long it can keep the event loop waiting.
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
+        # What startup built (modules, redaction rules, prices) lives as long as the proxy: out of
+        # the collector's sight, a full collection scans only what came since, and pauses the
+        # event loop for 10-25 ms instead of 80-120 ms (measured with bench/).
+        gc.collect()
+        gc.freeze()
 
     def done(self) -> None:
         for state in self._flows.values():
