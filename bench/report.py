@@ -113,7 +113,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"httpx {m['httpx']}, {m['platform']}; meterproxy {m['meterproxy_commit']}.  ",
         f"Load average (1/5/15 min) at start {_load(load['start'])}, at end {_load(load['end'])}.  ",
         "Paths: direct to the upstream; plain `mitmdump -q` (no addon, same CA and upstream trust, "
-        "`stream_large_bodies=1`); `meterproxy start`. Segments interleaved, order rotating each round.",
+        f"`stream_large_bodies=1`); `{' '.join(['meterproxy start', *result.get('meterproxy_args', [])])}`. "
+        "Segments interleaved, order rotating each round.",
         "",
         "## Targets",
         "",
@@ -159,6 +160,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"in the first third, {w.get('queue_mean_last_third')} in the last), drained "
         f"{w.get('drain_after_offer_ms')} ms after the last; a burst of {w.get('burst_calls')} written at "
         f"{w.get('burst_written_per_s')} calls/s.",
+        "- Writer-thread CPU per call to meter, price and redact it, by storage policy (µs): "
+        + "; ".join(f"{policy}: JSON {c['json']}, stream {c['sse']}" for policy, c in w.get("record_cpu_us", {}).items())
+        + ".",
         "",
     ]
     return "\n".join(lines)

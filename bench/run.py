@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from bench import load, report, writer_load
@@ -162,11 +163,11 @@ async def wait_rows(ledger: Path, count: int, timeout: float = 30) -> float:
 class Bench:
     """The three paths and what was sent through each."""
 
-    def __init__(self, mode: Mode, work: Path):
+    def __init__(self, mode: Mode, work: Path, meterproxy_args: Sequence[str] = ()):
         self.mode = mode
         self.upstream, self.ports, self.upstream_ca = start_upstream(work)
         routes = [f"localhost:{self.ports[0]}=openai", f"localhost:{self.ports[1]}=anthropic"]
-        self.meterproxy = ProxyProcess(work / "home", routes, self.upstream_ca).wait_ready()
+        self.meterproxy = ProxyProcess(work / "home", routes, self.upstream_ca, meterproxy_args).wait_ready()
         self.mitmdump, mitm_port = start_mitmdump(work / "home" / "certs", self.upstream_ca)
         verify = ssl.create_default_context(cafile=str(self.upstream_ca))
         verify.load_verify_locations(str(work / "home" / "certs" / "mitmproxy-ca-cert.pem"))
@@ -299,13 +300,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def run(mode: Mode, work: Path) -> dict[str, Any]:
+async def run(mode: Mode, work: Path, meterproxy_args: Sequence[str] = ()) -> dict[str, Any]:
     result: dict[str, Any] = {
         "mode": mode.name, "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(), "load_average": {"start": os.getloadavg()}, "settings": asdict(mode),
-        "scenarios": {},
+        "meterproxy_args": list(meterproxy_args), "scenarios": {},
     }
-    bench = Bench(mode, work)
+    bench = Bench(mode, work, meterproxy_args)
     try:
         await asyncio.sleep(2)  # meterproxy loads its tiktoken encodings in the background
         result["rss_at_start_mib"] = {path: round(memory_mib(pid)["rss"], 1) for path, pid in bench.pids.items()}
@@ -316,6 +317,7 @@ async def run(mode: Mode, work: Path) -> dict[str, Any]:
     finally:
         result |= await bench.close()
     result["writer"] = writer_load.measure(work / "writer.db", WRITER_RATE, mode.writer_seconds, mode.burst)
+    result["writer"]["record_cpu_us"] = writer_load.record_costs(mode.burst // 10)
     result["load_average"]["end"] = os.getloadavg()
     result["targets"] = report.targets(result, WRITER_RATE)
     return result
@@ -327,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--quick", action="store_const", const="quick", dest="mode", help="seconds-long smoke run")
     which.add_argument("--full", action="store_const", const="full", dest="mode", help="the real run (minutes)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where results go")
+    parser.add_argument("--store", help="meterproxy's storage policy (default: its own default)")
     args = parser.parse_args(argv)
     mode = MODES[args.mode or "quick"]
     with tempfile.TemporaryDirectory(prefix="meterproxy-bench-") as work:
-        result = asyncio.run(run(mode, Path(work)))
+        result = asyncio.run(run(mode, Path(work), ["--store", args.store] if args.store else []))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "latest" if mode.name == "full" else "quick"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")

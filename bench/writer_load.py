@@ -4,6 +4,7 @@ The proxy on this machine cannot itself push 500 calls/s through mitmproxy, so t
 driven directly: exchanges shaped exactly as the addon hands them over (a finished
 :class:`ResponseTap` over an OpenAI JSON body) are submitted from the main thread at ``rate``
 per second while the queue depth is sampled; then a burst measures the writer's top speed.
+:func:`record_costs` gives the writer's CPU per call for each storage policy.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.upstream import openai_json
+from bench.upstream import Shape, _openai_events, openai_json
 from meterproxy.exchange import Exchange, new_id
+from meterproxy.home import STORE_POLICIES
 from meterproxy.meter import Meter
 from meterproxy.pricing import PriceTable
+from meterproxy.storage import Storage
 from meterproxy.tap import ResponseTap
 from meterproxy.writer import LedgerWriter
 
@@ -24,21 +27,43 @@ REQUEST = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "con
 TICK = 0.01
 
 
-def exchange(body: bytes) -> Exchange:
+def exchange(*chunks: bytes, content_type: str = "application/json") -> Exchange:
     """One finished OpenAI call, as the addon submits it."""
     tap = ResponseTap()
-    tap(body)
-    tap(b"")
+    for chunk in (*chunks, b""):
+        tap(chunk)
     now = time.time()
     return Exchange(
         id=new_id(now), provider="openai", scheme="https", host="api.openai.com", port=443,
         method="POST", path="/v1/chat/completions", query={},
         request_headers={"content-type": "application/json"}, request_body=REQUEST,
         started_at=now - 0.05, ended_at=now, first_byte_at=now - 0.01, status=200,
-        response_headers={"content-type": "application/json"}, response=tap,
-        request_bytes=len(REQUEST), response_bytes=len(body), agent="bench",
+        response_headers={"content-type": content_type}, response=tap,
+        request_bytes=len(REQUEST), response_bytes=tap.wire_bytes, agent="bench",
         secrets=("sk-bench-not-a-real-key",),
     )
+
+
+def record_costs(calls: int) -> dict[str, dict[str, float]]:
+    """Writer CPU per call (microseconds) to meter, price and redact it, by storage policy:
+    a 2 KiB JSON answer and a 50-event stream (the bench's ``json`` and ``sse`` scenarios)."""
+    events = _openai_events(Shape(stream=True, size=5000, chunks=50, interval=0))
+    kinds = {
+        "json": lambda: exchange(openai_json(2048)),
+        "sse": lambda: exchange(*events, content_type="text/event-stream"),
+    }
+    costs: dict[str, dict[str, float]] = {}
+    for policy in STORE_POLICIES:
+        meter = Meter(PriceTable.load(), Storage(policy))
+        costs[policy] = {}
+        for kind, make in kinds.items():
+            batch = [make() for _ in range(calls)]
+            meter.record(make())  # first-call work (lazy imports, caches) is not per call
+            start = time.thread_time()
+            for ex in batch:
+                meter.record(ex)
+            costs[policy][kind] = round((time.thread_time() - start) / calls * 1e6)
+    return costs
 
 
 def measure(ledger: Path, rate: int, seconds: float, burst: int) -> dict[str, Any]:
