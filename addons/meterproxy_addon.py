@@ -1,7 +1,8 @@
 """Meter with plain mitmdump: ``mitmdump -s addons/meterproxy_addon.py``.
 
 The same addon as ``meterproxy start``. Options (``--set NAME=VALUE``): ``meterproxy_home``,
-``meterproxy_routes`` (HOST[:PORT]=PROVIDER, repeatable), ``meterproxy_upstream_ca``.
+``meterproxy_routes`` (HOST[:PORT]=PROVIDER, repeatable), ``meterproxy_upstream_ca``,
+``meterproxy_jsonl`` (false: no JSONL mirror).
 Unless ``confdir`` is set, mitmproxy uses the meterproxy home's ``certs/`` as its CA store.
 """
 

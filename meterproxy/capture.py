@@ -35,6 +35,7 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.exchange import Abort, Exchange, new_id
 from meterproxy.home import Home
 from meterproxy.meter import Meter
+from meterproxy.mirror import JsonlMirror
 from meterproxy.pricing import PriceTable
 from meterproxy.providers import PROVIDERS
 from meterproxy.routes import RouteTable
@@ -95,9 +96,13 @@ class MeterAddon:
             "meterproxy_upstream_ca", str, "",
             "A CA bundle trusted for upstream TLS, in addition to the public roots.",
         )
+        loader.add_option(
+            "meterproxy_jsonl", bool, True,
+            "Mirror every call to logs/YYYY-MM-DD.jsonl in the meterproxy home (also [logs] jsonl).",
+        )
 
     def configure(self, updated: set[str]) -> None:
-        if not {"meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca"} & updated:
+        if not {"meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca", "meterproxy_jsonl"} & updated:
             return
         try:
             home = Home.resolve(ctx.options.meterproxy_home or None).ensure()
@@ -107,6 +112,8 @@ class MeterAddon:
             upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
             writer = LedgerWriter(home.ledger, meter)
+            if ctx.options.meterproxy_jsonl and config.logs.jsonl:
+                writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
             writer.start()
         except MeterproxyError as e:
             raise exceptions.OptionsError(str(e)) from e

@@ -16,6 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from meterproxy import rollup
 from meterproxy.errors import MeterproxyError
 
 migrations = Migrations("meterproxy")
@@ -93,6 +94,19 @@ def m001_calls(db: Database) -> None:
     db["calls"].create_index(["model", "started_at"])
     db["api_calls"].create(API_CALL_COLUMNS, pk="id", not_null={"started_at"})
     db["api_calls"].create_index(["started_at"])
+
+
+@migrations()
+def m002_call_hours(db: Database) -> None:
+    """Hourly aggregates kept by triggers (fast reports), and an index for session reports."""
+    rollup.create(db)
+    db["calls"].create_index(["session", "started_at"])
+
+
+@migrations()
+def m003_daily_views(db: Database) -> None:
+    """Views for Datasette: daily cost by agent and by model."""
+    rollup.create_views(db)
 
 
 def iso_utc(timestamp: float) -> str:

@@ -36,6 +36,7 @@ class ProxySpec:
     routes: Sequence[str]
     upstream_ca: Path | None
     grace: float = 10.0
+    jsonl: bool = True
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -76,6 +77,7 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
             meterproxy_home=str(spec.home.root),
             meterproxy_routes=list(spec.routes),
             meterproxy_upstream_ca=str(spec.upstream_ca) if spec.upstream_ca else "",
+            meterproxy_jsonl=spec.jsonl,
         )
     except exceptions.OptionsError as e:
         raise MeterproxyError(str(e)) from e

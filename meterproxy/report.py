@@ -1,72 +1,267 @@
-"""Spend reports over the ledger: totals and a breakdown, as data (rendering is the CLI's job).
+"""Spend reports over the ledger, as data (rendering is :mod:`meterproxy.render`'s job).
 
-Costs are summed in SQL as integer picodollars (``cost_picousd``), so totals are exact.
-Unpriced calls (``cost_usd`` NULL) are counted apart, never added in as $0.
+A report sums calls started within a period, filtered, broken down by one or more keys (a
+second key nests). Whole UTC hours come from the ``call_hours`` aggregates; the ragged edges
+of a period, session breakdowns and local hours of a zone with a half-hour offset come from
+the calls themselves. Both are labeled by the same expressions and summed as integers (cost in
+picodollars), so every total is exact whichever path the numbers took.
+
+Unpriced calls, estimated usage and calls without usage are counted in every row, never
+folded into the cost as zeros.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlite_utils import Database
 
+from meterproxy import rollup
 from meterproxy.ledger import iso_utc
-from meterproxy.pricing import PICO
-from meterproxy.usage import TOKEN_FIELDS
+from meterproxy.periods import Period, day_period, month_period, offset_spans, zone_label
+from meterproxy.pricing import PICO, Rates
+from meterproxy.query import Filters
+from meterproxy.usage import Usage
 
-GROUPS = {"model": "COALESCE(model, request_model, '(unknown)')"}
+BY = ("model", "agent", "provider", "session", "task", "day", "hour", "outcome")
+TIME_KEYS = frozenset({"day", "hour"})
+HOUR = timedelta(hours=1)
+
+TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+          "cache_write_1h_tokens")
+_GAPS = {
+    "unpriced": "NOT priced",
+    "estimated": "usage_source = 'estimated'",
+}
+_METRICS: dict[str, str] = {
+    "calls": "SUM(calls)",
+    **{t: f"SUM({t})" for t in TOKENS},
+    "cost_picousd": "SUM(cost_picousd)",
+    **{
+        f"{gap}_{what}": f"SUM(CASE WHEN {cond} THEN {what} ELSE 0 END)"
+        for gap, cond in _GAPS.items()
+        for what in ("calls", "input_tokens", "output_tokens")
+    },
+    "no_usage_calls": "SUM(CASE WHEN usage_source = 'none' THEN calls ELSE 0 END)",
+}
+"""Output field -> SQL sum over rows shaped like ``call_hours``."""
+METRICS = tuple(_METRICS)
+
+Sums = list[int]
 
 
 @dataclass(frozen=True)
-class Period:
-    start: datetime
-    end: datetime
+class WhatIf:
+    """Another model's rates to price the same calls at."""
 
-    @classmethod
-    def today(cls) -> Period:
-        """Local midnight to the next local midnight (the offsets may differ across DST)."""
-        day = datetime.now().date()
-        start = datetime.combine(day, time()).astimezone()
-        end = datetime.combine(day + timedelta(days=1), time()).astimezone()
-        return cls(start, end)
+    model: str
+    rates: Rates
 
 
-def summarize(db: Database, period: Period, by: str = "model") -> dict[str, Any]:
-    """Totals and per-group rows for calls started within ``period``."""
-    sums = ", ".join(f"COALESCE(SUM({f}), 0) AS {f}" for f in TOKEN_FIELDS)
-    select = (
-        f"COUNT(*) AS calls, {sums}, SUM(cost_picousd) AS cost_picousd, "
-        "SUM(cost_picousd IS NULL) AS unpriced_calls"
-    )
-    where = "started_at >= ? AND started_at < ?"
-    bounds = [iso_utc(period.start.timestamp()), iso_utc(period.end.timestamp())]
-    totals = _row(db.execute(f"SELECT {select} FROM calls WHERE {where}", bounds))
-    key = GROUPS[by]
-    cursor = db.execute(
-        f"SELECT {key} AS key, {select} FROM calls WHERE {where} "
-        f"GROUP BY 1 ORDER BY SUM(cost_picousd) DESC NULLS LAST, COUNT(*) DESC, 1",
-        bounds,
-    )
-    names = [d[0] for d in cursor.description]
-    groups = [_finish(dict(zip(names, row))) for row in cursor.fetchall()]
+@dataclass(frozen=True)
+class Query:
+    period: Period
+    by: tuple[str, ...] = ("model",)
+    filters: Filters = field(default_factory=Filters)
+    top: int | None = None
+    what_if: WhatIf | None = None
+
+
+def summarize(dbs: Sequence[Database], query: Query) -> dict[str, Any]:
+    """The report of ``query`` over one or more ledgers (the main one, archives)."""
+    rows: dict[tuple[str, ...], Sums] = {}
+    for db in dbs:
+        _collect(db, query, rows)
+    groups = _tree(rows, query, level=0)
+    others = None
+    if query.top is not None and len(groups) > query.top:
+        rest = groups[query.top:]
+        groups = groups[: query.top]
+        others = _node(None, _add_all(_sums_of(g) for g in rest), query.what_if) | {"groups": len(rest)}
+    totals = _node(None, _add_all(rows.values()), query.what_if)
+    del totals["key"]
+    period = query.period
     return {
         "from": period.start.isoformat(),
         "to": period.end.isoformat(),
-        "totals": _finish(totals),
+        "period": period.label,
+        "tz": zone_label(period.zone),
+        "by": list(query.by),
+        "filters": query.filters.as_dict(),
+        "totals": totals,
         "groups": groups,
+        "others": others,
+        "what_if": {"model": query.what_if.model, "rates": query.what_if.rates.as_dict()} if query.what_if else None,
     }
 
 
-def _row(cursor) -> dict[str, Any]:
-    names = [d[0] for d in cursor.description]
-    return dict(zip(names, cursor.fetchone()))
+def month_projection(dbs: Sequence[Database], zone, filters: Filters, now: datetime) -> dict[str, Any]:
+    """Spend this month so far, and at the same daily rate by the month's end."""
+    month = month_period(None, zone, now)
+    so_far = Period(month.start, now.astimezone(zone), zone, month.label)
+    spent = summarize(dbs, Query(so_far, by=(), filters=filters))["totals"]
+    elapsed = Decimal((now - month.start).total_seconds()) / 86400
+    length = Decimal((month.end - month.start).total_seconds()) / 86400
+    picos = Decimal(spent["cost_picousd"])
+    rate = picos / elapsed if elapsed else Decimal(0)
+    return {
+        "month": month.label,
+        "spent_usd": spent["cost_usd"],
+        "days_elapsed": float(round(elapsed, 6)),
+        "days_in_month": (month.end.date() - month.start.date()).days,
+        "daily_rate_usd": _usd(rate),
+        "projected_usd": _usd(rate * length),
+        "unpriced_calls": spent["unpriced_calls"],
+    }
 
 
-def _finish(row: dict[str, Any]) -> dict[str, Any]:
-    picos = row.pop("cost_picousd")
-    row["cost_usd"] = float(Decimal(picos) * PICO) if picos is not None else 0.0
-    row["unpriced_calls"] = row["unpriced_calls"] or 0
-    return row
+def budget_status(
+    dbs: Sequence[Database], zone, daily_usd: float | None, monthly_usd: float | None, warn_at: float, now: datetime
+) -> dict[str, Any] | None:
+    """Today's and this month's spend (all calls) against the configured budgets."""
+    if daily_usd is None and monthly_usd is None:
+        return None
+
+    def status(limit: float, spent: float) -> dict[str, Any]:
+        used = spent / limit if limit else float("inf")
+        level = "over" if used >= 1 else "warning" if used >= warn_at else "ok"
+        return {"limit_usd": limit, "spent_usd": spent, "used": round(used, 4), "status": level}
+
+    result: dict[str, Any] = {"warn_at": warn_at, "daily": None, "monthly": None}
+    if daily_usd is not None:
+        today = day_period(now.astimezone(zone).date(), zone, "today")
+        spent = summarize(dbs, Query(today, by=()))["totals"]["cost_usd"]
+        result["daily"] = status(daily_usd, spent)
+    if monthly_usd is not None:
+        projection = month_projection(dbs, zone, Filters(), now)
+        result["monthly"] = status(monthly_usd, projection["spent_usd"]) | {
+            "projected_usd": projection["projected_usd"],
+            "projected_status": status(monthly_usd, projection["projected_usd"])["status"],
+        }
+    return result
+
+
+# --- collecting -------------------------------------------------------------------------
+
+
+def _collect(db: Database, query: Query, into: dict[tuple[str, ...], Sums]) -> None:
+    """Add this ledger's rows of ``query`` to ``into``, keyed by their labels."""
+    first, last = db.execute("SELECT (SELECT MIN(started_at) FROM calls), (SELECT MAX(started_at) FROM calls)").fetchone()
+    if first is None:
+        return
+    start = max(query.period.start.astimezone(UTC), _parse_iso(first))
+    end = min(query.period.end.astimezone(UTC), _parse_iso(last) + timedelta(milliseconds=1))
+    if start >= end:
+        return
+    timed = bool(TIME_KEYS & set(query.by))
+    by_hour = "session" not in query.by and not query.filters.session
+    spans = offset_spans(start, end, query.period.zone) if timed else [(start, end, timedelta(0))]
+    for span_start, span_end, offset in spans:
+        pieces = [(False, span_start, span_end)]
+        # Hours are whole in local time only when the offset is (not in India, say).
+        if by_hour and not (timed and offset % HOUR):
+            first_hour, last_hour = _ceil_hour(span_start), _floor_hour(span_end)
+            if first_hour < last_hour:
+                pieces = [(False, span_start, first_hour), (True, first_hour, last_hour), (False, last_hour, span_end)]
+        for hourly, piece_start, piece_end in pieces:
+            if piece_start < piece_end:
+                _query(db, query, hourly, piece_start, piece_end, offset, into)
+
+
+def _query(
+    db: Database, query: Query, hourly: bool, start: datetime, end: datetime, offset: timedelta,
+    into: dict[tuple[str, ...], Sums],
+) -> None:
+    if hourly:
+        source, moment = f"{rollup.TABLE} WHERE hour >= ? AND hour < ?", "hour || ':00'"
+        bounds = [start.strftime("%Y-%m-%dT%H"), end.strftime("%Y-%m-%dT%H")]
+    else:
+        source, moment = rollup.calls_source("started_at >= ? AND started_at < ?") + " WHERE 1", "ts"
+        bounds = [iso_utc(start.timestamp()), iso_utc(end.timestamp())]
+    labels = [_label(key, moment, offset) for key in query.by] or ["''"]
+    where, params = query.filters.sql()
+    sql = (
+        f"SELECT {', '.join(labels)}, {', '.join(_METRICS.values())} FROM {source} AND {where} "
+        f"GROUP BY {', '.join(str(i + 1) for i in range(len(labels)))}"
+    )
+    width = len(labels)
+    for row in db.execute(sql, bounds + params):
+        key, sums = tuple(row[: len(query.by)]), row[width:]
+        into[key] = [a + b for a, b in zip(into[key], sums)] if key in into else list(sums)
+
+
+def _label(key: str, moment: str, offset: timedelta) -> str:
+    if key not in TIME_KEYS:
+        return key
+    minutes = int(offset.total_seconds() // 60)
+    shifted = f"{moment}, '{minutes:+d} minutes'"
+    if key == "day":
+        return f"strftime('%Y-%m-%d', {shifted})"
+    sign, value = ("-", -minutes) if minutes < 0 else ("+", minutes)
+    return f"strftime('%Y-%m-%dT%H:00', {shifted}) || '{sign}{value // 60:02d}:{value % 60:02d}'"
+
+
+# --- shaping -----------------------------------------------------------------------------
+
+
+def _tree(rows: dict[tuple[str, ...], Sums], query: Query, level: int) -> list[dict[str, Any]]:
+    if level >= len(query.by):
+        return []
+    buckets: dict[str, dict[tuple[str, ...], Sums]] = {}
+    for key, sums in rows.items():
+        buckets.setdefault(key[level], {})[key] = sums
+    nodes = []
+    for label, members in buckets.items():
+        node = _node(label or "(none)", _add_all(members.values()), query.what_if)
+        if level + 1 < len(query.by):
+            node["groups"] = _tree(members, query, level + 1)
+        nodes.append(node)
+    if query.by[level] in TIME_KEYS:
+        nodes.sort(key=lambda n: n["key"])
+    else:
+        nodes.sort(key=lambda n: (-n["cost_picousd"], -n["calls"], n["key"]))
+    return nodes
+
+
+def _node(key: str | None, sums: Sums, what_if: WhatIf | None) -> dict[str, Any]:
+    values = dict(zip(METRICS, sums))
+    node: dict[str, Any] = {"key": key, "calls": values["calls"]}
+    node |= {t: values[t] for t in TOKENS}
+    node["cost_usd"] = _usd(Decimal(values["cost_picousd"]))
+    node |= {m: values[m] for m in METRICS if m not in node}
+    if what_if is not None:
+        usage = Usage(**{t: values[t] for t in TOKENS})
+        node["what_if_cost_usd"] = float(round(what_if.rates.cost(usage), 12))
+    return node
+
+
+def _sums_of(node: dict[str, Any]) -> Sums:
+    return [node[m] for m in METRICS]
+
+
+def _add_all(rows) -> Sums:
+    total = [0] * len(METRICS)
+    for sums in rows:
+        total = [a + b for a, b in zip(total, sums)]
+    return total
+
+
+def _usd(picos: Decimal) -> float:
+    return float(picos * PICO)
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = _floor_hour(moment)
+    return floor if floor == moment else floor + HOUR
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
