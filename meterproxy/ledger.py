@@ -97,8 +97,8 @@ def m001_calls(db: Database) -> None:
 
 
 @migrations()
-def m002_call_hours(db: Database) -> None:
-    """Hourly aggregates kept by triggers (fast reports), and an index for session reports."""
+def m002_aggregates(db: Database) -> None:
+    """Hourly and daily aggregates kept by triggers (fast reports), and an index for session reports."""
     rollup.create(db)
     db["calls"].create_index(["session", "started_at"])
 

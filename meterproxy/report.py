@@ -1,10 +1,10 @@
 """Spend reports over the ledger, as data (rendering is :mod:`meterproxy.render`'s job).
 
 A report sums calls started within a period, filtered, broken down by one or more keys (a
-second key nests). Whole UTC hours come from the ``call_hours`` aggregates; the ragged edges
-of a period, session breakdowns and local hours of a zone with a half-hour offset come from
-the calls themselves. Both are labeled by the same expressions and summed as integers (cost in
-picodollars), so every total is exact whichever path the numbers took.
+second key nests). Whole UTC days and hours come from the ``call_days`` and ``call_hours``
+aggregates; the ragged edges of a period, session breakdowns and local hours of a zone with a
+half-hour offset come from the calls themselves. All are labeled by the same expressions and
+summed as integers (cost in picodollars), so every total is exact whichever path it took.
 
 Unpriced calls, estimated usage and calls without usage are counted in every row, never
 folded into the cost as zeros.
@@ -33,23 +33,8 @@ HOUR = timedelta(hours=1)
 
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
           "cache_write_1h_tokens")
-_GAPS = {
-    "unpriced": "NOT priced",
-    "estimated": "usage_source = 'estimated'",
-}
-_METRICS: dict[str, str] = {
-    "calls": "SUM(calls)",
-    **{t: f"SUM({t})" for t in TOKENS},
-    "cost_picousd": "SUM(cost_picousd)",
-    **{
-        f"{gap}_{what}": f"SUM(CASE WHEN {cond} THEN {what} ELSE 0 END)"
-        for gap, cond in _GAPS.items()
-        for what in ("calls", "input_tokens", "output_tokens")
-    },
-    "no_usage_calls": "SUM(CASE WHEN usage_source = 'none' THEN calls ELSE 0 END)",
-}
-"""Output field -> SQL sum over rows shaped like ``call_hours``."""
-METRICS = tuple(_METRICS)
+METRICS = tuple(rollup.SUMS)
+"""The summed fields of every report row, in the order of :data:`meterproxy.rollup.SUMS`."""
 
 Sums = list[int]
 
@@ -157,41 +142,57 @@ def _collect(db: Database, query: Query, into: dict[tuple[str, ...], Sums]) -> N
     end = min(query.period.end.astimezone(UTC), _parse_iso(last) + timedelta(milliseconds=1))
     if start >= end:
         return
-    timed = bool(TIME_KEYS & set(query.by))
-    by_hour = "session" not in query.by and not query.filters.session
+    timed = TIME_KEYS & set(query.by)
     spans = offset_spans(start, end, query.period.zone) if timed else [(start, end, timedelta(0))]
     for span_start, span_end, offset in spans:
-        pieces = [(False, span_start, span_end)]
-        # Hours are whole in local time only when the offset is (not in India, say).
-        if by_hour and not (timed and offset % HOUR):
-            first_hour, last_hour = _ceil_hour(span_start), _floor_hour(span_end)
-            if first_hour < last_hour:
-                pieces = [(False, span_start, first_hour), (True, first_hour, last_hour), (False, last_hour, span_end)]
-        for hourly, piece_start, piece_end in pieces:
-            if piece_start < piece_end:
-                _query(db, query, hourly, piece_start, piece_end, offset, into)
+        levels: list[str] = []
+        if "session" not in query.by and not query.filters.session:  # sessions are not aggregated
+            # A UTC day or hour is one local day or hour only when the offset is whole.
+            if not timed or (not offset and "hour" not in timed):
+                levels.append("day")
+            if not timed or not offset % HOUR:
+                levels.append("hour")
+        for level, piece_start, piece_end in _tile(span_start, span_end, levels):
+            _query(db, query, level, piece_start, piece_end, offset, into)
+
+
+def _tile(start: datetime, end: datetime, levels: list[str]) -> list[tuple[str, datetime, datetime]]:
+    """Cover ``[start, end)`` with whole UTC days, then whole hours, then calls at the edges."""
+    if not levels:
+        return [("calls", start, end)] if start < end else []
+    unit = timedelta(days=1) if levels[0] == "day" else HOUR
+    first, last = _ceil(start, unit), _floor(end, unit)
+    if first >= last:
+        return _tile(start, end, levels[1:])
+    return [*_tile(start, first, levels[1:]), (levels[0], first, last), *_tile(last, end, levels[1:])]
+
+
+_SOURCES = {  # level -> (table, bucket column, bucket format, the bucket's start as SQL)
+    "day": ("call_days", "day", "%Y-%m-%d", "day"),
+    "hour": ("call_hours", "hour", "%Y-%m-%dT%H", "hour || ':00'"),
+}
 
 
 def _query(
-    db: Database, query: Query, hourly: bool, start: datetime, end: datetime, offset: timedelta,
+    db: Database, query: Query, level: str, start: datetime, end: datetime, offset: timedelta,
     into: dict[tuple[str, ...], Sums],
 ) -> None:
-    if hourly:
-        source, moment = f"{rollup.TABLE} WHERE hour >= ? AND hour < ?", "hour || ':00'"
-        bounds = [start.strftime("%Y-%m-%dT%H"), end.strftime("%Y-%m-%dT%H")]
-    else:
+    if level == "calls":
         source, moment = rollup.calls_source("started_at >= ? AND started_at < ?") + " WHERE 1", "ts"
         bounds = [iso_utc(start.timestamp()), iso_utc(end.timestamp())]
+    else:
+        table, column, form, moment = _SOURCES[level]
+        source = f"{table} WHERE {column} >= ? AND {column} < ?"
+        bounds = [start.strftime(form), end.strftime(form)]
     labels = [_label(key, moment, offset) for key in query.by] or ["''"]
     where, params = query.filters.sql()
-    sql = (
-        f"SELECT {', '.join(labels)}, {', '.join(_METRICS.values())} FROM {source} AND {where} "
-        f"GROUP BY {', '.join(str(i + 1) for i in range(len(labels)))}"
-    )
+    sums = ", ".join(f"SUM({m})" for m in METRICS)
+    sql = (f"SELECT {', '.join(labels)}, {sums} FROM {source} AND {where} "
+           f"GROUP BY {', '.join(str(i + 1) for i in range(len(labels)))}")
     width = len(labels)
     for row in db.execute(sql, bounds + params):
-        key, sums = tuple(row[: len(query.by)]), row[width:]
-        into[key] = [a + b for a, b in zip(into[key], sums)] if key in into else list(sums)
+        key, values = tuple(row[: len(query.by)]), row[width:]
+        into[key] = [a + b for a, b in zip(into[key], values)] if key in into else list(values)
 
 
 def _label(key: str, moment: str, offset: timedelta) -> str:
@@ -258,10 +259,12 @@ def _parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _ceil_hour(moment: datetime) -> datetime:
-    floor = _floor_hour(moment)
-    return floor if floor == moment else floor + HOUR
+def _floor(moment: datetime, unit: timedelta) -> datetime:
+    """Round a UTC moment down to a whole hour or day."""
+    floor = moment.replace(minute=0, second=0, microsecond=0)
+    return floor.replace(hour=0) if unit > HOUR else floor
 
 
-def _floor_hour(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
+def _ceil(moment: datetime, unit: timedelta) -> datetime:
+    floor = _floor(moment, unit)
+    return floor if floor == moment else floor + unit

@@ -112,17 +112,19 @@ def test_aggregates_follow_every_change_to_calls(calls, edits) -> None:
         }[edit]
         db.execute(statement, [target])
     assert rollup.mismatches(db) == []
-    assert db.execute("SELECT COUNT(*) FROM call_hours WHERE calls <= 0").fetchone()[0] == 0
+    for table in ("call_hours", "call_days"):
+        assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE calls <= 0").fetchone()[0] == 0
 
 
 def test_the_migration_fills_the_aggregates_of_an_existing_ledger(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     old = Database(sqlite3.connect(path, isolation_level=None))
-    migrations.apply(old, stop_before="m002_call_hours")  # a ledger from before the aggregates
+    migrations.apply(old, stop_before="m002_aggregates")  # a ledger from before the aggregates
     insert_rows(old, "calls", [call(f"c{i}", WINDOW_START + timedelta(hours=i), cost_picousd=i) for i in range(50)])
     old.close()
     db = connect(path)
     assert rollup.mismatches(db) == []
-    assert db.execute("SELECT SUM(calls), SUM(cost_picousd) FROM call_hours").fetchone() == (50, sum(range(50)))
+    for table in ("call_hours", "call_days"):
+        assert db.execute(f"SELECT SUM(calls), SUM(cost_picousd) FROM {table}").fetchone() == (50, sum(range(50)))
     db.execute("DELETE FROM calls WHERE id = 'c49'")
-    assert db.execute("SELECT SUM(calls), SUM(cost_picousd) FROM call_hours").fetchone() == (49, sum(range(49)))
+    assert db.execute("SELECT SUM(calls), SUM(cost_picousd) FROM call_days").fetchone() == (49, sum(range(49)))
