@@ -141,13 +141,3 @@ def insert_rows(db: Database, table: str, rows: Iterable[Mapping[str, Any]]) -> 
 
 LISTED_COLUMNS = [c for c, kind in CALL_COLUMNS.items() if kind is not bytes]
 """Every column but the stored bodies (``meterproxy calls`` output)."""
-
-
-def recent_calls(db: Database, limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` calls, newest first."""
-    cursor = db.execute(
-        f"SELECT {', '.join(LISTED_COLUMNS)} FROM calls ORDER BY started_at DESC, id DESC LIMIT ?",
-        [limit],
-    )
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]

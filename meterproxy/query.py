@@ -79,7 +79,8 @@ def list_calls(
         if value is not None:
             where += f" AND {clause}"
             params.append(value)
-    order = "rowid" if after_rowid is not None else "started_at DESC, id DESC"
+    # rowid breaks ties: the started_at index holds it, so no sort of the whole ledger is needed.
+    order = "rowid" if after_rowid is not None else "started_at DESC, rowid DESC"
     sql = f"SELECT rowid, {', '.join(LISTED_COLUMNS)} FROM calls WHERE {where} ORDER BY {order}"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"

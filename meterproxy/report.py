@@ -146,14 +146,31 @@ def _collect(db: Database, query: Query, into: dict[tuple[str, ...], Sums]) -> N
     spans = offset_spans(start, end, query.period.zone) if timed else [(start, end, timedelta(0))]
     for span_start, span_end, offset in spans:
         levels: list[str] = []
+        pieces = [(span_start, span_end)]
         if "session" not in query.by and not query.filters.session:  # sessions are not aggregated
-            # A UTC day or hour is one local day or hour only when the offset is whole.
+            # A UTC day or hour lies within one local day or hour only when the offset is whole...
             if not timed or (not offset and "hour" not in timed):
                 levels.append("day")
             if not timed or not offset % HOUR:
                 levels.append("hour")
-        for level, piece_start, piece_end in _tile(span_start, span_end, levels):
-            _query(db, query, level, piece_start, piece_end, offset, into)
+            elif timed == {"day"}:
+                # ...but with +05:30 only the hour around local midnight straddles two days.
+                levels.append("hour")
+                pieces = _split_at_local_midnights(span_start, span_end, offset)
+        for piece_start, piece_end in pieces:
+            for level, low, high in _tile(piece_start, piece_end, levels):
+                _query(db, query, level, low, high, offset, into)
+
+
+def _split_at_local_midnights(start: datetime, end: datetime, offset: timedelta) -> list[tuple[datetime, datetime]]:
+    day = timedelta(days=1)
+    midnight = _ceil(start + offset, day) - offset
+    pieces = []
+    while midnight < end:
+        if start < midnight:
+            pieces.append((start, midnight))
+        start, midnight = midnight, midnight + day
+    return [*pieces, (start, end)]
 
 
 def _tile(start: datetime, end: datetime, levels: list[str]) -> list[tuple[str, datetime, datetime]]:

@@ -66,10 +66,11 @@ def _sums(prefix: str) -> dict[str, str]:
 
 def calls_source(where: str = "1") -> str:
     """A subquery over ``calls`` shaped like the aggregates (one row per call), plus ``ts`` and
-    ``session``; SQLite flattens it, so ``where`` still uses the indexes on ``calls``."""
+    ``session`` (NULL when none, so a filter on it uses its index); SQLite flattens it, so
+    ``where`` still uses the indexes on ``calls``."""
     values = _keys("call_hours", "") | _sums("")
     columns = ", ".join(f"{expr} AS {name}" for name, expr in values.items())
-    return f"(SELECT {columns}, started_at AS ts, COALESCE(session, '') AS session FROM calls WHERE {where})"
+    return f"(SELECT {columns}, started_at AS ts, session FROM calls WHERE {where})"
 
 
 def _add(table: str, prefix: str) -> str:
