@@ -27,7 +27,9 @@ WINDOW_MINUTES = 8 * 24 * 60
 calls_strategy = st.lists(
     st.tuples(
         st.builds(lambda h, m, ms: (h * 60 + m) * 60_000 + ms,  # milliseconds into the window, spread out
-                  st.integers(0, WINDOW_MINUTES // 60 - 1), st.integers(0, 59), st.integers(0, 59_999)),
+                  st.integers(0, WINDOW_MINUTES // 60 - 1),
+                  st.one_of(st.sampled_from([0, 14, 15, 29, 30, 44, 45, 59]), st.integers(0, 59)),  # near boundaries
+                  st.integers(0, 59_999)),
         st.sampled_from(["marcus", "nightly", None]),
         st.sampled_from(["gpt-4o", "claude-haiku-4-5", None]),
         st.sampled_from([None, "s1"]),

@@ -165,6 +165,22 @@ def test_hours_are_local_and_name_their_offset(fixed_home: Path) -> None:
     assert groups(india) == {"2026-03-01T05:00+05:30": expect("a1"), "2026-03-01T10:00+05:30": expect("a2", "a3")}
 
 
+@pytest.mark.parametrize(("zone", "before", "after"), [
+    ("Asia/Kolkata", "2026-03-01T18:29:59.999Z", "2026-03-01T18:30:00.000Z"),  # local midnight at 18:30Z
+    ("Asia/Kathmandu", "2026-03-01T18:14:59.999Z", "2026-03-01T18:15:00.000Z"),  # +05:45
+])
+def test_days_in_a_zone_with_a_partial_hour_offset(home: Path, zone: str, before: str, after: str) -> None:
+    write_ledger(home / "ledger.db", [
+        call("first", "2026-02-26T12:00:00.000Z", input_tokens=1),
+        call("before", before, input_tokens=2),
+        call("after", after, input_tokens=4),
+        call("last", "2026-03-05T12:00:00.000Z", input_tokens=8),
+    ])
+    data = report_json(home, "--from", "2026-02-26", "--to", "2026-03-05", "--tz", zone, "--by", "day")
+    assert {g["key"]: g["input_tokens"] for g in data["groups"]} == {
+        "2026-02-26": 1, "2026-03-01": 2, "2026-03-02": 4, "2026-03-05": 8}
+
+
 def test_date_time_bounds_are_exact_to_the_millisecond(fixed_home: Path) -> None:
     data = report_json(fixed_home, "--from", "2026-03-01T04:59:59.999Z", "--to", "2026-03-01T05:00:00Z")
     assert data["totals"] == expect("a2")
