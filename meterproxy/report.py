@@ -214,7 +214,8 @@ def _query(
 
 def _label(key: str, moment: str, offset: timedelta) -> str:
     if key not in TIME_KEYS:
-        return key
+        # "+": grouping must not lead SQLite to skip-scan the (session, started_at) index.
+        return f"+{key}"
     minutes = int(offset.total_seconds() // 60)
     shifted = f"{moment}, '{minutes:+d} minutes'"
     if key == "day":
