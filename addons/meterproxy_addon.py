@@ -2,6 +2,9 @@
 
 The same addon as ``meterproxy start``. Options (``--set NAME=VALUE``): ``meterproxy_home``,
 ``meterproxy_routes`` (HOST[:PORT]=PROVIDER, repeatable), ``meterproxy_upstream_ca``,
+``meterproxy_inject_stream_usage`` (true/false).
+``meterproxy_forward`` and ``meterproxy_forward_previews`` (receipts to LockN Logger; the
+``LOCKN_LOGGER_*`` variables and config.toml's ``[forward]`` apply too).
 ``meterproxy_jsonl`` (false: no JSONL mirror).
 Unless ``confdir`` is set, mitmproxy uses the meterproxy home's ``certs/`` as its CA store.
 """

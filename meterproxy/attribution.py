@@ -64,7 +64,8 @@ def client_process_name(client_port: int, proxy_port: int, proc: Path = Path("/p
         pids = [p for p in os.listdir(proc) if p.isdigit()]
     except OSError:
         return None
-    for pid in pids:
+    # Agents open many connections: look in the processes found last time first.
+    for pid in [*_recent_pids, *pids]:
         fd_dir = proc / pid / "fd"
         try:
             fds = os.listdir(fd_dir)
@@ -73,10 +74,21 @@ def client_process_name(client_port: int, proxy_port: int, proc: Path = Path("/p
         for fd in fds:
             try:
                 if os.readlink(fd_dir / fd) == target:
+                    _remember(pid)
                     return (proc / pid / "comm").read_text().strip() or None
             except OSError:
                 continue
     return None
+
+
+_recent_pids: list[str] = []
+
+
+def _remember(pid: str) -> None:
+    if pid in _recent_pids:
+        _recent_pids.remove(pid)
+    _recent_pids.insert(0, pid)
+    del _recent_pids[8:]
 
 
 def _socket_inode(proc: Path, local_port: int, remote_port: int) -> str | None:

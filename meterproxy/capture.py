@@ -10,6 +10,7 @@ same addon.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ import certifi
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.connection import ConnectionState
 
+from meterproxy import streamusage, tokens
 from meterproxy.attribution import (
     AGENT_HEADER,
     SESSION_HEADER,
@@ -33,6 +35,7 @@ from meterproxy.attribution import (
 )
 from meterproxy.errors import MeterproxyError
 from meterproxy.exchange import Abort, Exchange, new_id
+from meterproxy.forward import Forwarding, Sender, attach
 from meterproxy.home import Home
 from meterproxy.meter import Meter
 from meterproxy.mirror import JsonlMirror
@@ -49,7 +52,7 @@ SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 KEPT_REQUEST_HEADERS = ("content-type", "content-encoding", "user-agent")
 KEPT_RESPONSE_HEADERS = (
     "content-type", "content-encoding", "x-request-id", "request-id", "apim-request-id",
-    "x-goog-request-id",
+    "x-goog-request-id", "mistral-correlation-id",
 )
 
 
@@ -69,6 +72,8 @@ class _Flow:
     exchange: Exchange
     client: _Client
     tap: ResponseTap | None = None
+    strip_usage: bool = False
+    """``--inject-stream-usage`` changed the request: remove what it adds from the response."""
 
 
 class MeterAddon:
@@ -76,10 +81,12 @@ class MeterAddon:
 
     def __init__(self) -> None:
         self.writer: LedgerWriter | None = None
+        self.sender: Sender | None = None
         self.routes: RouteTable | None = None
         self._clients: dict[str, _Client] = {}
         self._flows: dict[str, _Flow] = {}
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meterproxy-proc")
+        self.inject_stream_usage = False
 
     # --- options -------------------------------------------------------------------------
 
@@ -97,29 +104,57 @@ class MeterAddon:
             "A CA bundle trusted for upstream TLS, in addition to the public roots.",
         )
         loader.add_option(
+            "meterproxy_inject_stream_usage", bool, False,
+            "Add stream_options.include_usage to OpenAI-compatible streaming requests that lack it, "
+            "and remove the extra usage chunk before the client sees it.",
+        )
+        loader.add_option(
+            "meterproxy_forward", bool, False,
+            "Forward receipts to LockN Logger even when no endpoint is configured (default endpoint).",
+        )
+        loader.add_option(
+            "meterproxy_forward_previews", bool, False,
+            "Put the stored, redacted previews in forwarded receipts (with the storage policy full).",
+        )
+        loader.add_option(
             "meterproxy_jsonl", bool, True,
             "Mirror every call to logs/YYYY-MM-DD.jsonl in the meterproxy home (also [logs] jsonl).",
         )
 
     def configure(self, updated: set[str]) -> None:
-        if not {"meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca", "meterproxy_jsonl"} & updated:
+        if "meterproxy_inject_stream_usage" in updated:
+            self.inject_stream_usage = ctx.options.meterproxy_inject_stream_usage
+        if not {
+            "meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca",
+            "meterproxy_forward", "meterproxy_forward_previews", "meterproxy_jsonl",
+        } & updated:
             return
         try:
             home = Home.resolve(ctx.options.meterproxy_home or None).ensure()
             config = home.load_config()
             self.routes = RouteTable.build(ctx.options.meterproxy_routes, config.routes, PROVIDERS)
-            meter = Meter(PriceTable.load(home.root / "pricing.toml"))
+            meter = Meter(PriceTable.load(home.pricing_file))
             upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
+            forwarding = Forwarding.resolve(
+                config, os.environ, ctx.options.meterproxy_forward, ctx.options.meterproxy_forward_previews,
+                store_policy=None,  # TODO(issue 5): the storage policy, once it exists on main
+            )
             writer = LedgerWriter(home.ledger, meter)
             if ctx.options.meterproxy_jsonl and config.logs.jsonl:
                 writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
+            sender = attach(writer, home, forwarding)
             writer.start()
+            tokens.preload()
         except MeterproxyError as e:
             raise exceptions.OptionsError(str(e)) from e
         if self.writer is not None:
             self.writer.close()
-        self.writer = writer
+        if self.sender is not None:
+            self.sender.stop()
+        self.writer, self.sender = writer, sender
+        if sender is not None:
+            sender.start()
         changes: dict[str, object] = {}
         if ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
             changes["confdir"] = str(home.certs)
@@ -136,15 +171,11 @@ class MeterAddon:
         self._flows.clear()
         if self.writer is not None:
             self.writer.close()
+        if self.sender is not None:
+            self.sender.stop()
         self._lookups.shutdown(wait=False, cancel_futures=True)
 
     # --- connections ---------------------------------------------------------------------
-
-    def client_connected(self, client: connection.Client) -> None:
-        state = self._clients[client.id] = _Client()
-        peer, sock = client.peername, client.sockname
-        if peer and sock and is_loopback(str(peer[0])):
-            state.process = self._lookups.submit(client_process_name, peer[1], sock[1])
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._clients.pop(client.id, None)
@@ -184,7 +215,12 @@ class MeterAddon:
             request_body=b"",
             started_at=request.timestamp_start,
         )
-        self._flows[flow.id] = _Flow(flow, exchange, self._client(flow))
+        client = self._client(flow)
+        peer, sock = flow.client_conn.peername, flow.client_conn.sockname
+        if client.process is None and peer and sock and is_loopback(str(peer[0])):
+            # Looked up once per connection, at its first metered request, off the event loop.
+            client.process = self._lookups.submit(client_process_name, peer[1], sock[1])
+        self._flows[flow.id] = _Flow(flow, exchange, client)
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = self._flows.get(flow.id)
@@ -206,6 +242,20 @@ class MeterAddon:
         ex.secrets = _secrets(flow.request)
         ex.request_body = flow.request.raw_content or b""
         ex.request_bytes = len(ex.request_body)
+        if self.inject_stream_usage:
+            self._inject_stream_usage(state)
+
+    def _inject_stream_usage(self, state: _Flow) -> None:
+        request, ex = state.flow.request, state.exchange
+        if request.method != "POST" or "content-encoding" in request.headers:
+            return
+        if not PROVIDERS[ex.provider].stream_usage_path(ex.path):
+            return
+        body = streamusage.inject(ex.request_body)
+        if body is not None:
+            request.content = body  # also sets content-length
+            request.headers["accept-encoding"] = "identity"  # the response is edited in flight
+            state.strip_usage = ex.injected_usage = True
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
@@ -216,6 +266,23 @@ class MeterAddon:
             return
         state.tap = ResponseTap(response.headers.get("content-encoding", ""))
         response.stream = state.tap
+        if state.strip_usage:
+            self._strip_usage(state, response)
+
+    def _strip_usage(self, state: _Flow, response: http.Response) -> None:
+        headers, tap = response.headers, state.tap
+        assert tap is not None
+        if "text/event-stream" not in headers.get("content-type", ""):
+            return
+        if "content-encoding" in headers:
+            log.warning("call to %s: compressed stream, its usage chunk cannot be removed", state.exchange.host)
+            return
+        strip_null = state.exchange.provider in streamusage.NULL_USAGE_PROVIDERS
+        response.stream = streamusage.UsageChunkStripper(tap, strip_null)
+        if "content-length" in headers:  # the body gets shorter than announced
+            del headers["content-length"]
+            if state.flow.request.http_version == "HTTP/1.1":  # the client's side of the proxy
+                headers["transfer-encoding"] = "chunked"
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow.id, None)

@@ -50,6 +50,8 @@ class Exchange:
     client_process: str | Future[str | None] | None = None
     secrets: tuple[str, ...] = ()
     """Credential values the request carried; used only to scrub them from what is stored."""
+    injected_usage: bool = False
+    """``--inject-stream-usage`` asked the provider for this stream's usage."""
 
 
     def body(self) -> Body:

@@ -11,8 +11,10 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from meterproxy.errors import MeterproxyError
 
@@ -27,6 +29,39 @@ class ProxySettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8788, ge=0, le=65535)
     upstream_ca: str | None = None
+
+
+def _also(name: str) -> AliasChoices:
+    """A ``[forward]`` key may also be spelled like its environment variable."""
+    return AliasChoices(name, f"LOCKN_LOGGER_{name.upper()}", f"lockn_logger_{name}")
+
+
+class ForwardSettings(_Section):
+    """``[forward]``: receipts to LockN Logger (``LOCKN_LOGGER_*`` environment variables win)."""
+
+    endpoint: str | None = Field(default=None, validation_alias=_also("endpoint"))
+    """Forwarding is on when this is set (or ``meterproxy start --forward``)."""
+    api_key: SecretStr | None = Field(default=None, validation_alias=_also("api_key"))
+    batch_size: int = Field(default=10, ge=1, le=1000, validation_alias=_also("batch_size"))
+    include_local: bool = Field(default=True, validation_alias=_also("include_local"))
+    format: Literal["envelope", "flat"] = Field(default="envelope", validation_alias=_also("format"))
+    timeout: float = Field(default=10.0, gt=0, le=600)
+    """Seconds one POST may take."""
+    retry_delay: float = Field(default=1.0, gt=0, le=600)
+    """First retry delay in seconds; it doubles with each failure (with jitter)."""
+    max_delay: float = Field(default=300.0, gt=0, le=86400)
+    """The longest wait between delivery rounds while the Logger is failing."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+        return value
 
 
 class Budgets(_Section):
@@ -47,6 +82,7 @@ class Config(_Section):
 
     routes: dict[str, str] = Field(default_factory=dict)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    forward: ForwardSettings = Field(default_factory=ForwardSettings)
     budgets: Budgets = Field(default_factory=Budgets)
     logs: LogSettings = Field(default_factory=LogSettings)
 
@@ -81,6 +117,11 @@ class Home:
     @property
     def ledger(self) -> Path:
         return self.root / "ledger.db"
+
+    @property
+    def pricing_file(self) -> Path:
+        """The user's prices; they replace or extend the bundled ``pricing.toml``."""
+        return self.root / "pricing.toml"
 
     @property
     def logs(self) -> Path:

@@ -96,15 +96,42 @@ def m001_calls(db: Database) -> None:
     db["api_calls"].create_index(["started_at"])
 
 
+OUTBOX_COLUMNS: dict[str, type] = {
+    "receipt_id": str,
+    "created_at": str,
+    "payload": str,
+    "state": str,
+    "attempts": int,
+    "next_attempt_at": str,
+    "last_attempt_at": str,
+    "last_status": int,
+    "last_error": str,
+    "response_body": str,
+    "delivered_at": str,
+    "logger_id": str,
+}
+"""One receipt per call for LockN Logger (meterproxy.forward); ``state`` is pending, delivered or rejected."""
+
+
 @migrations()
-def m002_aggregates(db: Database) -> None:
+def m002_outbox(db: Database) -> None:
+    db["outbox"].create(
+        OUTBOX_COLUMNS, pk="receipt_id",
+        not_null={"created_at", "payload", "state", "attempts", "next_attempt_at"},
+        defaults={"state": "pending", "attempts": 0},
+    )
+    db["outbox"].create_index(["state", "next_attempt_at"])
+
+
+@migrations()
+def m003_aggregates(db: Database) -> None:
     """Hourly and daily aggregates kept by triggers (fast reports), and an index for session reports."""
     rollup.create(db)
     db["calls"].create_index(["session", "started_at"])
 
 
 @migrations()
-def m003_daily_views(db: Database) -> None:
+def m004_daily_views(db: Database) -> None:
     """Views for Datasette: daily cost by agent and by model."""
     rollup.create_views(db)
 

@@ -8,17 +8,18 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
+from meterproxy import tokens
 from meterproxy.exchange import Exchange
 from meterproxy.ledger import iso_utc
-from meterproxy.pricing import PICO, PriceTable
+from meterproxy.pricing import NO_PRICE, PriceTable, at_utc
 from meterproxy.providers import get_provider
-from meterproxy.providers.base import ParsedResponse, RequestInfo
+from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo
 from meterproxy.tap import decode_body
-from meterproxy.usage import Usage
+from meterproxy.usage import Usage, UsageSource
 
 log = logging.getLogger("meterproxy")
 
@@ -38,12 +39,13 @@ class Meter:
 
     def __init__(self, prices: PriceTable):
         self.prices = prices
-        self._warned_unpriced: set[str] = set()
+        self._warned_unpriced: set[str | None] = set()
 
     def record(self, ex: Exchange) -> Record:
         provider = get_provider(ex.provider)
         common = self._common(ex)
-        if provider.endpoint_kind(ex.method, ex.path) == "api":
+        kind = provider.endpoint_kind(ex.method, ex.path)
+        if kind == "api":
             common["method"] = ex.method
             common["outcome"] = _outcome(ex, None, RequestInfo())
             return Record("api_calls", common)
@@ -55,13 +57,13 @@ class Meter:
             else ParsedResponse(note="no response from upstream")
         )
         outcome = _outcome(ex, parsed, request)
-        usage, usage_source, note = parsed.usage, "reported", None
-        if usage is None:
-            usage, usage_source = Usage(), "none"
-            note = parsed.note or "no usage reported"
-            if outcome == "ok":
-                log.warning("call %s to %s%s: %s", ex.id, ex.host, ex.path, note)
         model = parsed.model or request.model
+        usage, usage_source, note = _usage(kind, request, parsed, outcome, model)
+        if ex.injected_usage and usage_source == "reported":
+            note = "usage requested by --inject-stream-usage"
+        if usage_source != "reported" and outcome == "ok":
+            level = logging.WARNING if usage_source == "none" else logging.DEBUG
+            log.log(level, "call %s to %s%s: %s", ex.id, ex.host, ex.path, note)
         row = common | {
             "ttft_ms": _ms(ex.first_byte_at - ex.started_at) if ex.first_byte_at else None,
             "outcome": outcome,
@@ -76,9 +78,9 @@ class Meter:
             "usage_source": usage_source,
             "usage_note": note,
             "usage_raw": json.dumps(parsed.usage_raw) if parsed.usage_raw is not None else None,
-            "provider_cost_usd": None,
+            "provider_cost_usd": float(parsed.provider_cost_usd) if parsed.provider_cost_usd is not None else None,
         }
-        row |= self._price(ex.provider, model, usage, usage_source, outcome)
+        row |= self._price(ex, model, usage, usage_source, outcome, parsed.provider_cost_usd)
         if outcome == "error" and not row["error"]:
             row["error"] = parsed.error or (f"HTTP {ex.status}" if ex.status else "no response")
         return Record("calls", _scrub(row, ex.secrets))
@@ -97,7 +99,7 @@ class Meter:
         client_process = ex.client_process
         if isinstance(client_process, Future):
             try:
-                client_process = client_process.result(timeout=2)
+                client_process = client_process.result(timeout=1)
             except Exception:
                 client_process = None
         return {
@@ -118,26 +120,47 @@ class Meter:
         }
 
     def _price(
-        self, provider: str, model: str | None, usage: Usage, usage_source: str, outcome: str
+        self, ex: Exchange, model: str | None, usage: Usage, usage_source: str, outcome: str,
+        provider_cost: Decimal | None,
     ) -> dict[str, Any]:
-        rates = self.prices.rates_for(provider, model)
-        if usage_source == "none" and outcome == "error":
-            # A failed call with no usage reported is not billed.
-            cost: Decimal | None = Decimal(0)
-        elif rates is None or usage_source == "none":
-            cost = None
-            if rates is None and model not in self._warned_unpriced:
-                self._warned_unpriced.add(model or "")
-                log.warning("no price for model %r (%s): its calls are recorded unpriced", model, provider)
-        else:
-            cost = rates.cost(usage)
-        return {
-            "cost_usd": float(cost) if cost is not None else None,
-            "cost_picousd": int((cost / PICO).to_integral_value()) if cost is not None else None,
-            "cost_source": "computed" if cost is not None else "unpriced",
-            "pricing_version": self.prices.version if cost is not None else None,
-            "rates": json.dumps(rates.as_dict()) if cost is not None and rates else None,
-        }
+        cost = self.prices.assess(
+            provider=ex.provider, model=model, usage=usage, usage_source=usage_source, outcome=outcome,
+            started_at=at_utc(ex.started_at), provider_cost=provider_cost,
+        )
+        if cost.reason == NO_PRICE and model not in self._warned_unpriced:
+            self._warned_unpriced.add(model)
+            log.warning("no price for model %r (%s): its calls are recorded unpriced", model, ex.provider)
+        return cost.columns()
+
+
+def _usage(
+    kind: EndpointKind, request: RequestInfo, parsed: ParsedResponse, outcome: str, model: str | None
+) -> tuple[Usage, UsageSource, str | None]:
+    """The call's usage, where it came from, and a note on how it was made or why it is missing.
+
+    Reported usage wins. A call that reported none, or whose stream ended before its final
+    usage, is estimated from its request and the text received, unless it failed (errors count
+    zero tokens unless reported) or its endpoint is unknown (nothing is guessed there).
+    """
+    reported = parsed.usage
+    if reported is not None and parsed.usage_final:
+        return reported, "reported", parsed.note
+    if kind == "unknown" or outcome == "error" or not (request.prompt.texts or parsed.output_text):
+        if reported is not None:
+            return reported, "reported", "partial usage: the stream ended before its final usage"
+        note = parsed.note or "no usage reported"
+        return Usage(), "none", f"unrecognized endpoint, not estimated: {note}" if kind == "unknown" else note
+    estimate = tokens.estimate(request.prompt, parsed.output_text, model)
+    if reported is not None:
+        usage = replace(
+            reported,
+            input_tokens=reported.input_tokens or estimate.input_tokens,
+            output_tokens=max(reported.output_tokens, estimate.output_tokens),
+        )
+        note = f"stream ended before its final usage: output estimated from what was received, {estimate.method}"
+        return usage, "estimated", note
+    note = f"{parsed.note or 'no usage reported'}; estimated with {estimate.method}"
+    return Usage(estimate.input_tokens, estimate.output_tokens), "estimated", note
 
 
 def _outcome(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) -> str:

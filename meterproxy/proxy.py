@@ -36,6 +36,9 @@ class ProxySpec:
     routes: Sequence[str]
     upstream_ca: Path | None
     grace: float = 10.0
+    inject_stream_usage: bool = False
+    forward: bool = False
+    forward_previews: bool = False
     jsonl: bool = True
 
 
@@ -77,6 +80,9 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
             meterproxy_home=str(spec.home.root),
             meterproxy_routes=list(spec.routes),
             meterproxy_upstream_ca=str(spec.upstream_ca) if spec.upstream_ca else "",
+            meterproxy_inject_stream_usage=spec.inject_stream_usage,
+            meterproxy_forward=spec.forward,
+            meterproxy_forward_previews=spec.forward_previews,
             meterproxy_jsonl=spec.jsonl,
         )
     except exceptions.OptionsError as e:

@@ -13,7 +13,7 @@ folded into the cost as zeros.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,7 +23,7 @@ from sqlite_utils import Database
 from meterproxy import rollup
 from meterproxy.ledger import iso_utc
 from meterproxy.periods import Period, day_period, month_period, offset_spans, zone_label
-from meterproxy.pricing import PICO, Rates
+from meterproxy.pricing import PICO, Match, PriceTable
 from meterproxy.query import Filters
 from meterproxy.usage import Usage
 
@@ -41,10 +41,17 @@ Sums = list[int]
 
 @dataclass(frozen=True)
 class WhatIf:
-    """Another model's rates to price the same calls at."""
+    """Another model to price the same calls at, by the price table's rules (the rates in
+    force when each call started, the long-context tier its input reaches, peak hours)."""
 
     model: str
-    rates: Rates
+    table: PriceTable
+    match: Match
+
+    def rates(self, when: datetime, input_tokens: int = 0):
+        price = self.table.price("", self.model, when, input_tokens)
+        assert price is not None, "a what-if model has a price"
+        return price.rates
 
 
 @dataclass(frozen=True)
@@ -61,13 +68,15 @@ def summarize(dbs: Sequence[Database], query: Query) -> dict[str, Any]:
     rows: dict[tuple[str, ...], Sums] = {}
     for db in dbs:
         _collect(db, query, rows)
-    groups = _tree(rows, query, level=0)
+    costs = _what_if_costs(dbs, query) if query.what_if else None
+    groups = _tree(rows, costs, query, level=0)
     others = None
     if query.top is not None and len(groups) > query.top:
-        rest = groups[query.top:]
+        left_out = {g["key"] for g in groups[query.top:]}
+        rest = {key: sums for key, sums in rows.items() if _display(key[0]) in left_out}
+        others = _node(None, rest, costs) | {"groups": len(left_out)}
         groups = groups[: query.top]
-        others = _node(None, _add_all(_sums_of(g) for g in rest), query.what_if) | {"groups": len(rest)}
-    totals = _node(None, _add_all(rows.values()), query.what_if)
+    totals = _node(None, rows, costs)
     del totals["key"]
     period = query.period
     return {
@@ -80,7 +89,7 @@ def summarize(dbs: Sequence[Database], query: Query) -> dict[str, Any]:
         "totals": totals,
         "groups": groups,
         "others": others,
-        "what_if": {"model": query.what_if.model, "rates": query.what_if.rates.as_dict()} if query.what_if else None,
+        "what_if": _what_if_info(query),
     }
 
 
@@ -133,8 +142,9 @@ def budget_status(
 # --- collecting -------------------------------------------------------------------------
 
 
-def _collect(db: Database, query: Query, into: dict[tuple[str, ...], Sums]) -> None:
-    """Add this ledger's rows of ``query`` to ``into``, keyed by their labels."""
+def _collect(db: Database, query: Query, into: dict[tuple[str, ...], Sums], extra: Sequence[str] = ()) -> None:
+    """Add this ledger's rows of ``query`` to ``into``, keyed by their labels (then by the
+    values of the ``extra`` SQL expressions over calls, which makes every row come from calls)."""
     first, last = db.execute("SELECT (SELECT MIN(started_at) FROM calls), (SELECT MAX(started_at) FROM calls)").fetchone()
     if first is None:
         return
@@ -147,7 +157,7 @@ def _collect(db: Database, query: Query, into: dict[tuple[str, ...], Sums]) -> N
     for span_start, span_end, offset in spans:
         levels: list[str] = []
         pieces = [(span_start, span_end)]
-        if "session" not in query.by and not query.filters.session:  # sessions are not aggregated
+        if not extra and "session" not in query.by and not query.filters.session:  # sessions are not aggregated
             # A UTC day or hour lies within one local day or hour only when the offset is whole...
             if not timed or (not offset and "hour" not in timed):
                 levels.append("day")
@@ -159,7 +169,7 @@ def _collect(db: Database, query: Query, into: dict[tuple[str, ...], Sums]) -> N
                 pieces = _split_at_local_midnights(span_start, span_end, offset)
         for piece_start, piece_end in pieces:
             for level, low, high in _tile(piece_start, piece_end, levels):
-                _query(db, query, level, low, high, offset, into)
+                _query(db, query, level, low, high, offset, into, extra)
 
 
 def _split_at_local_midnights(start: datetime, end: datetime, offset: timedelta) -> list[tuple[datetime, datetime]]:
@@ -192,7 +202,7 @@ _SOURCES = {  # level -> (table, bucket column, bucket format, the bucket's star
 
 def _query(
     db: Database, query: Query, level: str, start: datetime, end: datetime, offset: timedelta,
-    into: dict[tuple[str, ...], Sums],
+    into: dict[tuple[str, ...], Sums], extra: Sequence[str] = (),
 ) -> None:
     if level == "calls":
         source, moment = rollup.calls_source("started_at >= ? AND started_at < ?") + " WHERE 1", "ts"
@@ -201,14 +211,14 @@ def _query(
         table, column, form, moment = _SOURCES[level]
         source = f"{table} WHERE {column} >= ? AND {column} < ?"
         bounds = [start.strftime(form), end.strftime(form)]
-    labels = [_label(key, moment, offset) for key in query.by] or ["''"]
+    labels = [*(_label(key, moment, offset) for key in query.by), *extra] or ["''"]
     where, params = query.filters.sql()
     sums = ", ".join(f"SUM({m})" for m in METRICS)
     sql = (f"SELECT {', '.join(labels)}, {sums} FROM {source} AND {where} "
            f"GROUP BY {', '.join(str(i + 1) for i in range(len(labels)))}")
     width = len(labels)
     for row in db.execute(sql, bounds + params):
-        key, values = tuple(row[: len(query.by)]), row[width:]
+        key, values = tuple(row[: len(query.by) + len(extra)]), row[width:]
         into[key] = [a + b for a, b in zip(into[key], values)] if key in into else list(values)
 
 
@@ -224,20 +234,84 @@ def _label(key: str, moment: str, offset: timedelta) -> str:
     return f"strftime('%Y-%m-%dT%H:00', {shifted}) || '{sign}{value // 60:02d}:{value % 60:02d}'"
 
 
+# --- what-if -----------------------------------------------------------------------------
+
+
+def _what_if_costs(dbs: Sequence[Database], query: Query) -> dict[tuple[str, ...], Decimal]:
+    """The cost of each row's calls at the what-if model's prices. Its rates are linear in the
+    token counts between the dates its prices change, so plain sums (the aggregates) price each
+    stretch exactly; long-context tiers and peak hours depend on each call, so the calls are
+    then grouped by input size (and by minute for peak hours) first."""
+    what_if = query.what_if
+    assert what_if is not None
+    entry = what_if.match.entry
+    changes = [p.since for p in entry.periods[1:] if p.since is not None]
+    sizes = sorted({tier.above for p in entry.periods for tier in p.tiers})
+    costs: dict[tuple[str, ...], Decimal] = {}
+
+    def add(key: tuple[str, ...], sums: Sums, when: datetime, input_tokens: int = 0) -> None:
+        usage = Usage(**{t: sums[METRICS.index(t)] for t in TOKENS})
+        costs[key] = costs.get(key, Decimal(0)) + what_if.rates(when, input_tokens).cost(usage)
+
+    period = query.period
+    if not sizes and entry.peak is None:
+        cuts = [period.start, *(c for c in changes if period.start < c < period.end), period.end]
+        for start, end in zip(cuts, cuts[1:]):
+            rows: dict[tuple[str, ...], Sums] = {}
+            stretch = replace(query, period=replace(period, start=start.astimezone(period.zone), end=end))
+            for db in dbs:
+                _collect(db, stretch, rows)
+            for key, sums in rows.items():
+                add(key, sums, start)
+        return costs
+    iso = [iso_utc(c.timestamp()) for c in changes]
+    extra = [
+        "CASE " + " ".join(f"WHEN ts >= '{at}' THEN {i + 1}" for i, at in reversed(list(enumerate(iso)))) + " ELSE 0 END"
+        if iso else "0",
+        "CASE " + " ".join(f"WHEN input_tokens > {n} THEN {i + 1}" for i, n in reversed(list(enumerate(sizes)))) + " ELSE 0 END"
+        if sizes else "0",
+        "substr(ts, 1, 16)" if entry.peak is not None else "''",
+    ]
+    rows = {}
+    for db in dbs:
+        _collect(db, query, rows, extra)
+    width = len(query.by)
+    for key, sums in rows.items():
+        stretch, size, minute = key[width:]
+        when = _parse_iso(minute + ":00Z") if minute else changes[stretch - 1] if stretch else period.start
+        add(key[:width], sums, when, sizes[size - 1] + 1 if size else 0)
+    return costs
+
+
+def _what_if_info(query: Query) -> dict[str, Any] | None:
+    if query.what_if is None:
+        return None
+    entry = query.what_if.match.entry
+    return {
+        "model": query.what_if.model,
+        "priced_as": entry.name,
+        "rates": query.what_if.rates(query.period.end).as_dict(),
+        "tiers": sorted({tier.above for p in entry.periods for tier in p.tiers}),
+        "peak_hours": entry.peak.text if entry.peak else None,
+    }
+
+
 # --- shaping -----------------------------------------------------------------------------
 
 
-def _tree(rows: dict[tuple[str, ...], Sums], query: Query, level: int) -> list[dict[str, Any]]:
+def _tree(
+    rows: dict[tuple[str, ...], Sums], costs: dict[tuple[str, ...], Decimal] | None, query: Query, level: int
+) -> list[dict[str, Any]]:
     if level >= len(query.by):
         return []
     buckets: dict[str, dict[tuple[str, ...], Sums]] = {}
     for key, sums in rows.items():
-        buckets.setdefault(key[level], {})[key] = sums
+        buckets.setdefault(_display(key[level]), {})[key] = sums
     nodes = []
     for label, members in buckets.items():
-        node = _node(label or "(none)", _add_all(members.values()), query.what_if)
+        node = _node(label, members, costs)
         if level + 1 < len(query.by):
-            node["groups"] = _tree(members, query, level + 1)
+            node["groups"] = _tree(members, costs, query, level + 1)
         nodes.append(node)
     if query.by[level] in TIME_KEYS:
         nodes.sort(key=lambda n: n["key"])
@@ -246,27 +320,22 @@ def _tree(rows: dict[tuple[str, ...], Sums], query: Query, level: int) -> list[d
     return nodes
 
 
-def _node(key: str | None, sums: Sums, what_if: WhatIf | None) -> dict[str, Any]:
-    values = dict(zip(METRICS, sums))
+def _node(
+    key: str | None, members: dict[tuple[str, ...], Sums], costs: dict[tuple[str, ...], Decimal] | None
+) -> dict[str, Any]:
+    """One report row: the sums of ``members`` (and their what-if cost)."""
+    values = dict(zip(METRICS, [sum(column) for column in zip(*members.values())] or [0] * len(METRICS)))
     node: dict[str, Any] = {"key": key, "calls": values["calls"]}
     node |= {t: values[t] for t in TOKENS}
     node["cost_usd"] = _usd(Decimal(values["cost_picousd"]))
     node |= {m: values[m] for m in METRICS if m not in node}
-    if what_if is not None:
-        usage = Usage(**{t: values[t] for t in TOKENS})
-        node["what_if_cost_usd"] = float(round(what_if.rates.cost(usage), 12))
+    if costs is not None:
+        node["what_if_cost_usd"] = float(sum((costs.get(k, Decimal(0)) for k in members), Decimal(0)))
     return node
 
 
-def _sums_of(node: dict[str, Any]) -> Sums:
-    return [node[m] for m in METRICS]
-
-
-def _add_all(rows) -> Sums:
-    total = [0] * len(METRICS)
-    for sums in rows:
-        total = [a + b for a, b in zip(total, sums)]
-    return total
+def _display(label: str | None) -> str:
+    return label or "(none)"
 
 
 def _usd(picos: Decimal) -> float:

@@ -1,8 +1,9 @@
 """Which hosts are metered, and by which provider parser.
 
-A route maps ``HOST[:PORT]`` to a provider name. ``HOST`` may start with ``*.`` to match any
-subdomain. A route without a port matches every port of that host. Only routed hosts are
-decrypted; TLS to every other host passes through untouched.
+A route maps ``HOST[:PORT]`` to a provider name. ``HOST`` may start with ``*`` to match any
+host ending in the rest (``*.openai.azure.com``, ``*-aiplatform.googleapis.com``). A route
+without a port matches every port of that host. Only routed hosts are decrypted; TLS to every
+other host passes through untouched.
 """
 
 from __future__ import annotations
@@ -14,7 +15,29 @@ from meterproxy.errors import MeterproxyError
 
 BUILTIN_ROUTES: dict[str, str] = {
     "api.openai.com": "openai",
+    "*.openai.azure.com": "azure",
+    "*.cognitiveservices.azure.com": "azure",
+    "*.services.ai.azure.com": "azure",
     "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gemini",
+    "aiplatform.googleapis.com": "vertex",
+    "*-aiplatform.googleapis.com": "vertex",
+    "openrouter.ai": "openrouter",
+    "api.groq.com": "groq",
+    "api.mistral.ai": "mistral",
+    "codestral.mistral.ai": "mistral",
+    "api.deepseek.com": "deepseek",
+    "api.x.ai": "xai",
+    "api.together.xyz": "together",
+    "api.together.ai": "together",
+    "api.fireworks.ai": "fireworks",
+    # Local servers on their default ports (plain HTTP). llama.cpp (8080, also LockN Logger's
+    # port) and vLLM (8000, every web framework's) are left to --route.
+    "localhost:11434": "ollama",
+    "127.0.0.1:11434": "ollama",
+    "[::1]:11434": "ollama",
+    "localhost:1234": "lmstudio",
+    "127.0.0.1:1234": "lmstudio",
 }
 
 
@@ -27,8 +50,9 @@ class Route:
     def matches(self, host: str, port: int) -> bool:
         if self.port is not None and self.port != port:
             return False
-        if self.host.startswith("*."):
-            return host.endswith(self.host[1:])
+        if self.host.startswith("*"):
+            suffix = self.host[1:]
+            return host.endswith(suffix) and host != suffix
         return host == self.host
 
     def __str__(self) -> str:
@@ -74,7 +98,7 @@ class RouteTable:
     def __init__(self, routes: Iterable[Route]):
         # Exact host:port before host-only before wildcards, so the most specific wins.
         self.routes = sorted(
-            routes, key=lambda r: (r.host.startswith("*."), r.port is None)
+            routes, key=lambda r: (r.host.startswith("*"), r.port is None)
         )
 
     @classmethod

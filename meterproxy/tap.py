@@ -59,10 +59,16 @@ class _Deflate:
 
     def __init__(self) -> None:
         self._d: zlib._Decompress | None = None
+        self._start = b""
 
     def decompress(self, data: bytes) -> bytes:
         if self._d is None:
-            wrapped = len(data) >= 2 and (data[0] & 0x0F) == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            # The zlib header is 2 bytes, and a chunk may hold only the first.
+            data = self._start + data
+            if len(data) < 2:
+                self._start = data
+                return b""
+            wrapped = (data[0] & 0x0F) == 8 and (data[0] << 8 | data[1]) % 31 == 0
             self._d = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
         return self._d.decompress(data)
 

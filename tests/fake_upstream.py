@@ -3,6 +3,7 @@
 Tests queue :class:`Reply` objects; each request takes the next one. Replies can stream in
 chunks with delays, cut the connection mid-way, or send any status and headers. Every request
 received is recorded (method, path, headers, body) so tests can check what reached upstream.
+With ``http2=True`` the server offers HTTP/2 by ALPN (and speaks it with the ``h2`` library).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import trustme
 
 
@@ -56,7 +60,7 @@ class Received:
 class FakeUpstream:
     """A threaded HTTP/1.1 server on loopback; HTTPS with a trustme certificate by default."""
 
-    def __init__(self, ca: trustme.CA | None = None, tls: bool = True):
+    def __init__(self, ca: trustme.CA | None = None, tls: bool = True, http2: bool = False):
         self.replies: deque[Reply] = deque()
         self.received: list[Received] = []
         self.tls = tls
@@ -66,6 +70,7 @@ class FakeUpstream:
         if tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+            context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
             server.socket = context.wrap_socket(server.socket, server_side=True)
         self.server = server
         self.port = server.server_address[1]
@@ -97,6 +102,13 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:
             pass
+
+        def handle(self) -> None:
+            alpn = getattr(self.connection, "selected_alpn_protocol", lambda: None)()
+            if alpn == "h2":
+                _serve_h2(upstream, self.connection)
+            else:
+                super().handle()
 
         def _serve(self) -> None:
             length = int(self.headers.get("content-length") or 0)
@@ -150,3 +162,49 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 pass
 
     return Handler
+
+
+def _serve_h2(upstream: FakeUpstream, sock: socket.socket) -> None:
+    """Serve one HTTP/2 connection: each request, once received, gets the next reply."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    requests: dict[int, Received] = {}
+    while data := sock.recv(65536):
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                headers = dict(event.headers)
+                requests[event.stream_id] = Received(
+                    headers[":method"], headers[":path"],
+                    {k: v for k, v in headers.items() if not k.startswith(":")}, b"",
+                )
+            elif isinstance(event, h2.events.DataReceived):
+                requests[event.stream_id].body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                seen = requests.pop(event.stream_id)
+                upstream.received.append(seen)
+                reply = upstream.replies.popleft() if upstream.replies else Reply.json(b'{"error":"no reply scripted"}', 500)
+                if not _send_h2(conn, sock, event.stream_id, reply, seen):
+                    return
+        sock.sendall(conn.data_to_send())
+
+
+def _send_h2(conn: h2.connection.H2Connection, sock: socket.socket, stream_id: int, reply: Reply, seen: Received) -> bool:
+    """Send a reply on one stream; False when the reply cut the connection."""
+    conn.send_headers(stream_id, [(":status", str(reply.status)), *reply.headers.items()])
+    sock.sendall(conn.data_to_send())
+    for i, chunk in enumerate(reply.chunks):
+        if reply.cut_after is not None and i >= reply.cut_after:
+            sock.shutdown(socket.SHUT_RDWR)
+            return False
+        if i and reply.delay:
+            time.sleep(reply.delay)
+        size = conn.max_outbound_frame_size  # test bodies fit in the initial flow-control window
+        for start in range(0, len(chunk), size):
+            conn.send_data(stream_id, chunk[start : start + size])
+        sock.sendall(conn.data_to_send())
+        seen.sent_at.append(time.time())
+    conn.end_stream(stream_id)
+    sock.sendall(conn.data_to_send())
+    return True

@@ -13,6 +13,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+import tiktoken
 
 from tests.fake_upstream import FakeUpstream, Reply
 
@@ -100,9 +101,13 @@ def test_openai_json_and_streams_are_metered_and_unchanged(upstream, start_proxy
     assert (stream_row["input_tokens"], stream_row["output_tokens"], stream_row["reasoning_tokens"]) == (24, 203, 192)
     assert stream_row["ttft_ms"] < 400 < stream_row["duration_ms"]
 
-    assert no_usage_row["usage_source"] == "none"
-    assert no_usage_row["usage_note"]
-    assert no_usage_row["cost_usd"] is None
+    # No usage in the stream: estimated with o4-mini's own encoding (o200k_base), marked as such.
+    o200k = tiktoken.get_encoding("o200k_base")
+    assert no_usage_row["usage_source"] == "estimated"
+    assert "tiktoken o200k_base" in no_usage_row["usage_note"]
+    # "user" + "hi", 3 per message, 3 to prime the reply
+    assert no_usage_row["input_tokens"] == len(o200k.encode("user")) + len(o200k.encode("hi")) + 3 + 3
+    assert no_usage_row["output_tokens"] == len(o200k.encode("The capital of France is Paris."))
 
     # Attribution headers never reach the provider; the API key does, untouched.
     for seen in upstream.received:
@@ -177,10 +182,12 @@ def test_bad_upstream_behaviour_is_passed_through_and_recorded(upstream, start_p
     ]
     invalid, cut, limited, failed, unknown = rows
     assert "not valid JSON" in invalid["error"]
-    assert cut["usage_source"] == "none" and cut["error"]
+    # Cut after 3 events ("", "The", " capital"): output estimated from what was received.
+    assert cut["usage_source"] == "estimated" and cut["error"]
+    assert cut["output_tokens"] == len(tiktoken.get_encoding("o200k_base").encode("The capital"))
     assert limited["error"] == "Rate limit reached"
     assert failed["error"] == "The server had an error"
-    for row in rows:
+    for row in (invalid, limited, failed, unknown):  # errors count zero tokens unless reported
         assert row["input_tokens"] == row["output_tokens"] == 0
     assert proxy.proc.poll() is None  # still up
 
@@ -205,7 +212,9 @@ def test_client_hanging_up_mid_stream_is_client_aborted(upstream, start_proxy) -
     (row,) = proxy.wait_rows(1)
     assert row["outcome"] == "client_aborted"
     assert row["status"] == 200
-    assert row["usage_source"] == "none"
+    # Only the first events were received before the hang-up: a partial, estimated output.
+    assert row["usage_source"] == "estimated"
+    assert row["output_tokens"] < len(tiktoken.get_encoding("o200k_base").encode("The capital of France is Paris."))
 
 
 def test_unrouted_host_keeps_its_certificate_and_leaves_no_row(upstream_ca, start_proxy, client_env, tmp_path) -> None:
@@ -273,3 +282,32 @@ def test_calls_and_report_json(upstream, start_proxy, client_env) -> None:
     assert report["totals"]["cost_usd"] == pytest.approx(2 * calls[0]["cost_usd"])
     assert report["groups"][0]["key"] == "gpt-4o-2024-08-06"
     assert report["groups"][0]["unpriced_calls"] == 0
+
+
+def test_plain_http_to_a_routed_host_is_metered(upstream_ca, start_proxy) -> None:
+    with FakeUpstream(upstream_ca, tls=False) as plain:
+        proxy = start_proxy(f"localhost:{plain.port}=openai")
+        plain.reply(Reply.json(fixture("openai/chat_completion.json")))
+        with httpx.Client(proxy=f"http://cron-7@127.0.0.1:{proxy.port}") as http:
+            r = http.post(f"{plain.base_url}/v1/chat/completions", json={"model": "gpt-4o"},
+                          headers={"X-Meterproxy-Task": "nightly"})
+        assert r.content == fixture("openai/chat_completion.json")
+        assert "proxy-authorization" not in plain.received[0].headers
+        (row,) = proxy.wait_rows(1)
+        assert (row["agent"], row["task"], row["input_tokens"], row["outcome"]) == ("cron-7", "nightly", 1117, "ok")
+
+
+def test_sigint_lets_a_stream_in_flight_finish(upstream, start_proxy, client_env) -> None:
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    client_env(proxy)
+    events = sse_events("openai/chat_stream_usage.sse")
+    upstream.reply(Reply.sse(events, delay=0.1))
+    client = openai_client(upstream)
+    stream = client.chat.completions.create(model="o4-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+    first = next(iter(stream))
+    proxy.proc.send_signal(__import__("signal").SIGINT)
+    rest = list(stream)
+    assert first.choices and len(rest) == len(events) - 2  # every chunk but [DONE] and the first
+    assert proxy.stop() == 0
+    (row,) = proxy.rows()
+    assert (row["outcome"], row["output_tokens"]) == ("ok", 203)

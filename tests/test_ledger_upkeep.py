@@ -101,7 +101,7 @@ def test_mirror_and_follow_show_each_call_as_recorded(upstream: FakeUpstream, st
 
     recorded = list(reversed(proxy.calls_json()))
     assert [json.loads(line) for line in lines] == recorded
-    assert [r["usage_source"] for r in recorded] == ["reported", "reported", "none"]
+    assert [r["usage_source"] for r in recorded] == ["reported", "reported", "estimated"]
 
     day = recorded[0]["started_at"][:10]
     mirror = proxy.home / "logs" / f"{day}.jsonl"

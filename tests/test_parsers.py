@@ -2,17 +2,19 @@
 
 Each body ``NAME.json|.sse|.ndjson`` has ``NAME.expected.json`` beside it with what a correct
 parser must extract. Optional keys in the expected file: ``path`` (the endpoint, default
-``/v1/chat/completions``) and ``content_type``.
+``/v1/chat/completions``), ``content_type``, ``provider`` (default: the directory name),
+``complete``, ``output_text``, ``provider_cost_usd`` (a decimal string).
 """
 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from meterproxy.providers import get_provider
+from meterproxy.providers import PROVIDERS, get_provider
 from meterproxy.tap import Body
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -41,8 +43,17 @@ def test_fixture_usage(path: Path) -> None:
     assert parsed.complete == expected.get("complete", True)
     if "output_text" in expected:
         assert "".join(parsed.output_text) == expected["output_text"]
+    cost = expected.get("provider_cost_usd")
+    assert parsed.provider_cost_usd == (Decimal(cost) if cost else None)
     if expected["usage"] is None:
         assert parsed.note, "a body without usage must say why"
+    else:
+        assert parsed.usage_final
+
+
+def test_every_provider_has_fixtures() -> None:
+    covered = {p.parent.name for p in fixture_cases()}
+    assert set(PROVIDERS) - covered <= {"openai_compatible"}  # the generic name is the openai parser
 
 
 def test_openai_stream_cut_before_done_is_incomplete() -> None:
@@ -85,8 +96,8 @@ def test_truncated_stream_reads_usage_from_head_and_tail() -> None:
 
 
 @pytest.mark.parametrize("body", [b"", b"not json", b"[1,2]", b'{"usage": "x"}', b"\xff\xfe", b'{"usage": {"prompt_tokens": -5}}'])
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
-@pytest.mark.parametrize("content_type", ["application/json", "text/event-stream"])
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+@pytest.mark.parametrize("content_type", ["application/json", "text/event-stream", "application/x-ndjson"])
 def test_bad_bodies_never_crash_and_say_why(provider: str, body: bytes, content_type: str) -> None:
     parsed = get_provider(provider).parse_response("/v1/x", Body(head=body, size=len(body)), content_type)
     if parsed.usage is None:

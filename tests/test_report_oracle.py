@@ -125,7 +125,7 @@ def test_aggregates_follow_every_change_to_calls(calls, edits) -> None:
 def test_the_migration_fills_the_aggregates_of_an_existing_ledger(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     old = Database(sqlite3.connect(path, isolation_level=None))
-    migrations.apply(old, stop_before="m002_aggregates")  # a ledger from before the aggregates
+    migrations.apply(old, stop_before="m003_aggregates")  # a ledger from before the aggregates
     insert_rows(old, "calls", [call(f"c{i}", WINDOW_START + timedelta(hours=i), cost_picousd=i) for i in range(50)])
     old.close()
     db = connect(path)

@@ -378,6 +378,7 @@ def test_json_shape_is_stable(fixed_home: Path) -> None:
 
 CHEAP = """
 [models."test-cheap"]
+provider = "openai"
 input = 1.0
 output = 10.0
 cache_read = 0.5
@@ -411,6 +412,73 @@ def test_what_if_prices_the_same_calls_at_another_model(fixed_home: Path) -> Non
     csv_rows = list(csv.DictReader(io.StringIO(run(fixed_home, "report", *MARCH, "--by", "agent", "--what-if",
                                                    "test-cheap", "--csv").stdout)))
     assert float(csv_rows[0]["what_if_cost_usd"]) == by_agent["marcus"]
+
+
+PRICE_RULES = CHEAP + """
+[models."test-changing"]
+provider = "openai"
+since = 2026-03-08T07:00:00Z
+input = 2.0
+output = 20.0
+
+[[models."test-changing".tiers]]
+above = 100
+input = 4.0
+output = 40.0
+
+[[models."test-changing".periods]]
+input = 1.0
+output = 10.0
+
+[models."test-peak"]
+provider = "deepseek"
+input = 1.0
+output = 1.0
+cache_read = 0.5
+
+[models."test-peak".peak]
+utc_offset = "-05:00"
+days = ["sun"]
+hours = ["01:00-02:00", "23:00-24:00"]
+multiplier = 3
+"""
+
+
+@pytest.mark.parametrize("model", ["test-cheap", "test-changing", "test-peak"])
+@pytest.mark.parametrize("by", [("agent",), ("day", "model"), ("session",)])
+def test_what_if_follows_price_dates_tiers_and_peak_hours(fixed_home: Path, model: str, by: tuple[str, ...]) -> None:
+    """The what-if cost of each group is what the price table charges for each of its calls."""
+    from meterproxy.pricing import PriceTable
+    from meterproxy.usage import Usage
+
+    (fixed_home / "pricing.toml").write_text(PRICE_RULES)
+    table = PriceTable.load(fixed_home / "pricing.toml")
+
+    def priced(*ids: str) -> float:
+        total = Decimal(0)
+        for row in (ROWS[i] for i in ids):
+            when = datetime.fromisoformat(row["started_at"].replace("Z", "+00:00"))
+            usage = Usage(**{t: row[t] for t in TOKENS})
+            total += table.price("", model, when, row["input_tokens"]).cost(usage)
+        return float(total)
+
+    args = [arg for key in by for arg in ("--by", key)]
+    data = report_json(fixed_home, *MARCH, *args, "--what-if", model)
+    march = ["a3", "a4", "a5", "a6", "a7", "a8", "a9"]
+    assert data["totals"]["what_if_cost_usd"] == priced(*march)
+    expected_by_agent = {"marcus": ["a5", "a7", "a9"], "nightly": ["a3", "a4", "a8"], "unknown": ["a6"]}
+    if by == ("agent",):
+        assert {g["key"]: g["what_if_cost_usd"] for g in data["groups"]} == {
+            agent: priced(*ids) for agent, ids in expected_by_agent.items()}
+    if by == ("day", "model"):
+        march_8 = next(g for g in data["groups"] if g["key"] == "2026-03-08")
+        assert march_8["what_if_cost_usd"] == priced("a4", "a5", "a6")
+        assert {s["key"]: s["what_if_cost_usd"] for s in march_8["groups"]} == {
+            "gpt-4o-mini": priced("a4"), "claude-haiku-4-5": priced("a5"), "gpt-4o": priced("a6")}
+    # The rules did change the price of some calls, or this test would prove nothing.
+    flat = table.price("", model, datetime(2026, 3, 1, 12, tzinfo=UTC), 0).rates
+    flat_total = float(sum((flat.cost(Usage(**{t: ROWS[i][t] for t in TOKENS})) for i in march), Decimal(0)))
+    assert (flat_total != priced(*march)) == (model != "test-cheap")
 
 
 def test_month_projection_and_budgets(home: Path) -> None:

@@ -1,9 +1,12 @@
-"""Anthropic Messages API: JSON and SSE.
+"""Anthropic Messages API: JSON and SSE (also served by xAI, DeepSeek, Ollama, Azure AI Foundry
+and Vertex AI, which reuse these functions).
 
 Usage mapping (see meterproxy.usage for the rules): Anthropic's ``input_tokens`` excludes cache
 traffic, so input = ``input_tokens`` + ``cache_creation_input_tokens`` +
 ``cache_read_input_tokens``. ``cache_creation.ephemeral_1h_input_tokens`` is the 1-hour part of
-the cache writes. Thinking tokens are inside ``output_tokens`` and not reported apart.
+the cache writes. Thinking tokens are inside ``output_tokens`` and not reported apart. Server tool
+use (``server_tool_use.web_search_requests``...) is billed per request, not per token: it stays in
+``usage_raw``.
 
 In a stream, ``message_start`` carries the initial usage and every ``message_delta`` carries
 cumulative counts: each field's last value wins; they are never added up.
@@ -13,20 +16,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from meterproxy.tap import Body
 from meterproxy.providers.base import (
     EndpointKind,
     ParsedResponse,
     RequestInfo,
     as_dict,
     as_str,
+    binary_response,
+    classify,
     error_message,
     json_request,
-    load_json,
-    sse_events,
+    parse_json_response,
+    sse_json,
+    strings,
 )
-from meterproxy.providers.openai import parse_json_response
+from meterproxy.tap import Body
 from meterproxy.usage import Usage, as_count
+
+OUTPUT_KEYS = frozenset({"text", "thinking", "partial_json"})
 
 
 def usage_from_anthropic(raw: Any) -> Usage | None:
@@ -49,30 +56,45 @@ class AnthropicProvider:
     name = "anthropic"
 
     def endpoint_kind(self, method: str, path: str) -> EndpointKind:
-        path = path.rstrip("/")
-        return "llm" if method == "POST" and path.endswith(("/messages", "/complete")) else "api"
+        return classify(method, path, ("/messages", "/complete"))
+
+    def stream_usage_path(self, path: str) -> bool:
+        return False
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
-        data = json_request(body)
-        return RequestInfo(model=as_str(data.get("model")), stream=data.get("stream") is True)
+        return parse_request(body)
 
     def parse_response(self, path: str, body: Body, content_type: str) -> ParsedResponse:
-        if "text/event-stream" in content_type:
-            return _parse_stream(body)
-        return parse_json_response(body, usage_from_anthropic)
+        return parse_response(body, content_type)
+
+
+def parse_request(body: bytes) -> RequestInfo:
+    """Model, stream flag and prompt (system, messages, tools) of a Messages request."""
+    data = json_request(body)
+    info = RequestInfo(model=as_str(data.get("model")), stream=data.get("stream") is True)
+    info.prompt.message(data.get("system"))
+    info.prompt.messages_of(data.get("messages"))
+    info.prompt.add(data.get("prompt"))  # legacy /v1/complete
+    info.prompt.tools(data.get("tools"))
+    return info
+
+
+def parse_response(body: Body, content_type: str) -> ParsedResponse:
+    if (binary := binary_response(content_type)) is not None:
+        return binary
+    if "text/event-stream" in content_type:
+        return _parse_stream(body)
+    return parse_json_response(body, usage_from_anthropic, lambda obj: strings(obj.get("content"), OUTPUT_KEYS))
 
 
 def _parse_stream(body: Body) -> ParsedResponse:
     out = ParsedResponse(complete=False)
     usage: dict[str, Any] = {}
-    for event in sse_events(body):
-        try:
-            data = load_json(event.data)
-        except ValueError:
-            continue
+    final_usage = False
+    for name, data in sse_json(body):
         if not isinstance(data, dict):
             continue
-        kind = data.get("type") or event.event
+        kind = data.get("type") or name
         if kind == "message_start":
             message = as_dict(data.get("message"))
             out.model = as_str(message.get("model")) or out.model
@@ -80,9 +102,10 @@ def _parse_stream(body: Body) -> ParsedResponse:
             _overlay(usage, as_dict(message.get("usage")))
         elif kind == "message_delta":
             _overlay(usage, as_dict(data.get("usage")))
+            final_usage = True
         elif kind == "content_block_delta":
             delta = as_dict(data.get("delta"))
-            for key in ("text", "partial_json", "thinking"):
+            for key in OUTPUT_KEYS:
                 if isinstance(delta.get(key), str):
                     out.output_text.append(delta[key])
         elif kind == "message_stop":
@@ -92,6 +115,8 @@ def _parse_stream(body: Body) -> ParsedResponse:
     if usage:
         out.usage_raw = usage
         out.usage = usage_from_anthropic(usage)
+        # message_start counts only the first output token; message_delta has the real count.
+        out.usage_final = final_usage
     else:
         out.note = "stream reported no usage"
     return out

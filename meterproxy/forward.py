@@ -1,0 +1,621 @@
+"""Receipts to LockN Logger that are never lost.
+
+Every recorded call gets a receipt in the ledger's ``outbox`` table, written in the same
+transaction as the call (:class:`Outbox`, a :class:`~meterproxy.writer.LedgerWriter` step). A
+:class:`Sender` delivers the outbox: in the proxy on its own thread (woken after each commit),
+or in the caller's thread for ``meterproxy forward``. One receipt per ``POST``, with
+``Idempotency-Key: <receiptId>``, so a receipt sent twice (a crash between the Logger's answer
+and our bookkeeping) is still stored once.
+
+Delivery: 2xx is delivered; network errors, timeouts, 408, 429 (``Retry-After`` honoured),
+3xx and 5xx are retried, three quick tries per round and then a growing delay between rounds
+(exponential, with jitter, at most ``max_delay``); a receipt is never dropped. Any other 4xx
+marks it ``rejected`` with the Logger's answer kept; ``meterproxy forward --retry-rejected``
+sends those again. Rounds hold a lock file, so the proxy and ``meterproxy forward`` never send
+the same receipt at the same time.
+
+The API key goes in headers only: never into the ledger, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import math
+import os
+import random
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import ValidationError
+from sqlite_utils import Database
+
+from meterproxy import __version__
+from meterproxy.errors import MeterproxyError
+from meterproxy.home import Config, ForwardSettings, Home
+from meterproxy.ledger import connect, insert_rows, iso_utc
+from meterproxy.meter import Record
+from meterproxy.pricing import LOCAL_PROVIDERS
+from meterproxy.writer import LedgerWriter
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock; run one sender per home there.
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("meterproxy")
+
+DEFAULT_ENDPOINT = "http://localhost:8080/api/receipts"
+SOURCE = "meterproxy"
+ENV_NAMES = {
+    "endpoint": "LOCKN_LOGGER_ENDPOINT",
+    "api_key": "LOCKN_LOGGER_API_KEY",
+    "batch_size": "LOCKN_LOGGER_BATCH_SIZE",
+    "include_local": "LOCKN_LOGGER_INCLUDE_LOCAL",
+    "format": "LOCKN_LOGGER_FORMAT",
+}
+QUICK_TRIES = 3
+QUICK_WAIT_MAX = 30.0
+"""A ``Retry-After`` longer than this ends the round instead of being waited out in it."""
+IDLE_POLL = 30.0
+RETRY_AFTER_MAX = 86400.0
+KEPT_BODY = 4096
+"""Characters of a rejecting answer kept in the outbox."""
+
+Outcome = Literal["delivered", "retry", "rejected"]
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Forwarding:
+    """Resolved forwarding settings: ``[forward]`` of config.toml overlaid by ``LOCKN_LOGGER_*``."""
+
+    settings: ForwardSettings
+    enabled: bool
+    previews: bool = False
+    """Put the stored (already redacted) previews in receipts."""
+
+    @classmethod
+    def resolve(
+        cls, config: Config, env: Mapping[str, str], force: bool = False,
+        previews: bool = False, store_policy: str | None = None,
+    ) -> Forwarding:
+        """On when an endpoint is configured (env or config) or ``force`` (``--forward``) is given.
+
+        Previews go out only when asked (``--forward-previews``) under the storage policy ``full``.
+        """
+        given = {name: env[var] for name, var in ENV_NAMES.items() if env.get(var)}
+        try:
+            overlay = ForwardSettings.model_validate(given)
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise MeterproxyError(f"{ENV_NAMES[str(first['loc'][0])]}: {first['msg']}") from None
+        settings = config.forward.model_copy(update={name: getattr(overlay, name) for name in given})
+        enabled = force or settings.endpoint is not None
+        return cls(settings, enabled, previews=previews and store_policy == "full")
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.endpoint or DEFAULT_ENDPOINT
+
+    @property
+    def api_key(self) -> str | None:
+        return self.settings.api_key.get_secret_value() if self.settings.api_key else None
+
+    def where(self) -> str:
+        """The endpoint fit to print: no user info, no query string."""
+        parts = urlsplit(self.endpoint)
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    def describe(self) -> str:
+        """One line for ``meterproxy start``."""
+        if not self.enabled:
+            return "receipts to LockN Logger: off (set LOCKN_LOGGER_ENDPOINT or pass --forward)"
+        s = self.settings
+        details = [
+            f"batch {s.batch_size}",
+            "API key set" if s.api_key else "no API key",
+            "local models included" if s.include_local else "local models left out",
+        ]
+        if s.format == "flat":
+            details.append("flat format")
+        if self.previews:
+            details.append("with previews")
+        return f"receipts to LockN Logger: {self.where()} ({', '.join(details)})"
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the API key (a Logger may echo it in an error)."""
+        key = self.api_key
+        return text.replace(key, "[REDACTED]") if key else text
+
+
+# --- receipts and the outbox ---------------------------------------------------------------
+
+_TOKENS = {
+    "inputTokens": "input_tokens",
+    "outputTokens": "output_tokens",
+    "cacheReadTokens": "cache_read_tokens",
+    "cacheWriteTokens": "cache_write_tokens",
+    "reasoningTokens": "reasoning_tokens",
+}
+
+
+def build_receipt(row: Mapping[str, Any], previews: bool = False) -> dict[str, Any]:
+    """The receipt of one ``calls`` row, in LockN Logger's field names."""
+    tokens = {name: int(row.get(column) or 0) for name, column in _TOKENS.items()}
+    cost = row.get("cost_usd")
+    if cost is None and row.get("provider") in LOCAL_PROVIDERS:
+        cost = 0.0
+    receipt: dict[str, Any] = {
+        "receiptId": row["id"],
+        "model": row.get("model") or row.get("request_model"),
+        "provider": row.get("provider"),
+        **tokens,
+        "totalCost": cost,
+        "timestamp": row["started_at"],
+        "correlationId": row.get("session") or row["id"],
+        "agentId": row.get("agent"),
+        "sessionId": row.get("session"),
+        "usage": {"input": tokens["inputTokens"], "output": tokens["outputTokens"]},
+        "cost": {"total": cost},
+        "task": row.get("task"),
+        "outcome": row.get("outcome"),
+        "usageSource": row.get("usage_source"),
+    }
+    if previews:
+        receipt["requestPreview"] = row.get("request_preview")
+        receipt["responsePreview"] = row.get("response_preview")
+    return receipt
+
+
+def wire_body(payload: str, flat: bool) -> bytes:
+    """What one POST carries: the receipt itself (flat), or LockN Logger's envelope around it."""
+    if flat:
+        return payload.encode()
+    receipt = json.loads(payload)
+    tags = [SOURCE] + [
+        f"{name}:{receipt[key]}" for name, key in (("provider", "provider"), ("model", "model"), ("agent", "agentId"))
+        if receipt.get(key)
+    ]
+    return json.dumps({"source": SOURCE, "tags": tags, "payloadJson": payload}).encode()
+
+
+class Outbox:
+    """A writer step: queue a receipt for every call, inside the transaction that records it."""
+
+    def __init__(self, forwarding: Forwarding):
+        self.forwarding = forwarding
+
+    def __call__(self, db: Database, records: list[Record]) -> None:
+        now = iso_utc(time.time())
+        include_local = self.forwarding.settings.include_local
+        rows = [
+            {
+                "receipt_id": r.row["id"],
+                "created_at": now,
+                "next_attempt_at": now,
+                "payload": json.dumps(build_receipt(r.row, self.forwarding.previews), separators=(",", ":")),
+            }
+            for r in records
+            if r.table == "calls" and (include_local or r.row.get("provider") not in LOCAL_PROVIDERS)
+        ]
+        insert_rows(db, "outbox", rows)
+
+
+def attach(writer: LedgerWriter, home: Home, forwarding: Forwarding) -> Sender | None:
+    """Queue receipts with ``writer``'s calls and return their (unstarted) sender; None when off."""
+    if not forwarding.enabled:
+        return None
+    sender = Sender(home, forwarding)
+    writer.in_transaction.append(Outbox(forwarding))
+    writer.after_commit.append(sender.wake)
+    return sender
+
+
+# --- delivery ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The Logger's answer to one POST (``status`` None: no answer at all)."""
+
+    status: int | None
+    error: str | None = None
+    body: str = ""
+    retry_after: float | None = None
+    logger_id: str | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.status is not None and 200 <= self.status < 300:
+            return "delivered"
+        if self.status is None or self.status in (408, 429) or self.status < 400 or self.status >= 500:
+            return "retry"
+        return "rejected"
+
+
+@dataclass(slots=True)
+class Round:
+    """What one delivery round did."""
+
+    delivered: int = 0
+    rejected: int = 0
+    failure: Attempt | None = None
+    """The answer that ended the round early, when the Logger failed."""
+    retry_at: float = 0.0
+    full: bool = False
+    """The round took a whole batch: more may be waiting."""
+
+
+@dataclass(slots=True)
+class DrainReport:
+    """What :meth:`Sender.drain` did."""
+
+    delivered: int = 0
+    rejected: int = 0
+    pending: int = 0
+    failure: Attempt | None = None
+
+
+class Sender:
+    """Delivers the outbox of one home to LockN Logger."""
+
+    def __init__(self, home: Home, forwarding: Forwarding):
+        self.home = home
+        self.forwarding = forwarding
+        self.settings = forwarding.settings
+        self._http = _Http(forwarding)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="meterproxy-forward", daemon=True)
+
+    # --- in the proxy: a thread ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self, _records: object = None) -> None:
+        """Look at the outbox now (an after-commit hook: never blocks)."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop between two POSTs; undelivered receipts stay pending in the ledger."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            db = connect(self.home.ledger)
+        except MeterproxyError as e:
+            log.error("receipts are not forwarded: %s", e)
+            return
+        failed_rounds = 0
+        # A fresh start tries everything pending at once (it may follow a crash or an outage);
+        # after the first failure, each receipt waits for its own retry time.
+        ignore_schedule = True
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    result = self._round(db, ignore_schedule, wait=False)
+                except Exception:
+                    log.exception("forwarding receipts failed; retrying later")
+                    result = Round(failure=Attempt(None, "internal error"))
+                if result is None:  # `meterproxy forward` is delivering right now
+                    self._stop.wait(1.0)
+                    continue
+                if result.failure is not None:
+                    log.log(
+                        logging.DEBUG if failed_rounds else logging.WARNING,
+                        "LockN Logger at %s: %s; receipts stay in the outbox and are retried",
+                        self.forwarding.where(), result.failure.error,
+                    )
+                    failed_rounds += 1
+                    ignore_schedule = False
+                    # New calls do not cut a backoff short: only stop() does.
+                    self._stop.wait(max(result.retry_at - time.time(), self._delay(failed_rounds)))
+                    continue
+                if failed_rounds and (result.delivered or result.rejected):
+                    log.info("LockN Logger at %s is answering again", self.forwarding.where())
+                    failed_rounds = 0
+                if not result.full:
+                    self._wake.wait(_idle_wait(db))
+        finally:
+            self._http.close()
+            pending = count_pending(db)
+            db.close()
+            if pending:
+                log.info("%d receipts pending in the outbox: sent on next start or by `meterproxy forward`", pending)
+
+    # --- `meterproxy forward`: in the caller's thread ---------------------------------------
+
+    def drain(self, retry_rejected: bool = False) -> DrainReport:
+        """Send everything pending now, until done or the Logger fails a round."""
+        report = DrainReport()
+        db = connect(self.home.ledger)
+        try:
+            if retry_rejected:
+                db.execute(
+                    "UPDATE outbox SET state = 'pending', next_attempt_at = ? WHERE state = 'rejected'",
+                    [iso_utc(time.time())],
+                )
+            while True:
+                result = self._round(db, ignore_schedule=True, wait=True)
+                assert result is not None
+                report.delivered += result.delivered
+                report.rejected += result.rejected
+                if result.failure is not None:
+                    report.failure = result.failure
+                    break
+                if not result.full:
+                    break
+            report.pending = count_pending(db)
+        finally:
+            self._http.close()
+            db.close()
+        return report
+
+    # --- rounds ----------------------------------------------------------------------------
+
+    def _round(self, db: Database, ignore_schedule: bool, wait: bool) -> Round | None:
+        """Send one batch of due receipts; None when another process holds the outbox."""
+        with _outbox_lock(self.home, wait) as held:
+            if not held:
+                return None
+            due = "" if ignore_schedule else "AND next_attempt_at <= ?"
+            rows = db.execute(
+                f"SELECT receipt_id, payload, attempts FROM outbox WHERE state = 'pending' {due} "
+                "ORDER BY next_attempt_at, receipt_id LIMIT ?",
+                ([] if ignore_schedule else [iso_utc(time.time())]) + [self.settings.batch_size],
+            ).fetchall()
+            result = Round(full=len(rows) == self.settings.batch_size)
+            for receipt_id, payload, attempts in rows:
+                if self._stop.is_set():
+                    result.full = False
+                    break
+                attempt = self._deliver(db, receipt_id, payload, attempts)
+                if attempt.outcome == "delivered":
+                    result.delivered += 1
+                elif attempt.outcome == "rejected":
+                    result.rejected += 1
+                else:
+                    result.failure = attempt
+                    result.retry_at = time.time() + (attempt.retry_after or 0)
+                    result.full = False
+                    break
+            return result
+
+    def _deliver(self, db: Database, receipt_id: str, payload: str, attempts: int) -> Attempt:
+        """Up to three quick tries of one receipt; its outcome recorded in the outbox."""
+        tries = 0
+        while True:
+            attempt = self._http.post(receipt_id, payload)
+            tries += 1
+            if attempt.outcome != "retry" or tries >= QUICK_TRIES or self._stop.is_set():
+                break
+            wait = max(self._delay(tries - 1), attempt.retry_after or 0)
+            if wait > QUICK_WAIT_MAX or self._stop.wait(wait):
+                break
+        now = time.time()
+        attempts += tries
+        update: dict[str, Any] = {
+            "attempts": attempts,
+            "last_attempt_at": iso_utc(now),
+            "last_status": attempt.status,
+            "last_error": attempt.error,
+        }
+        if attempt.outcome == "delivered":
+            update |= {"state": "delivered", "delivered_at": iso_utc(now), "logger_id": attempt.logger_id}
+            log.debug("receipt %s delivered", receipt_id)
+        elif attempt.outcome == "rejected":
+            update |= {"state": "rejected", "response_body": attempt.body}
+            log.warning(
+                "LockN Logger rejected receipt %s: HTTP %s %s (kept; see `meterproxy forward --status`)",
+                receipt_id, attempt.status, attempt.body[:200],
+            )
+        else:
+            rounds = attempts // QUICK_TRIES
+            wait = max(self._delay(rounds), attempt.retry_after or 0)
+            update["next_attempt_at"] = iso_utc(now + wait)
+        assignments = ", ".join(f"{name} = ?" for name in update)
+        db.execute(f"UPDATE outbox SET {assignments} WHERE receipt_id = ?", [*update.values(), receipt_id])
+        return attempt
+
+    def _delay(self, failures: int) -> float:
+        """Exponential backoff with jitter: about retry_delay * 2^failures, at most max_delay."""
+        ceiling = min(self.settings.max_delay, self.settings.retry_delay * 2 ** min(failures, 32))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class _Http:
+    """POSTs to the Logger over one kept-alive connection (never through a proxy)."""
+
+    def __init__(self, forwarding: Forwarding):
+        self.forwarding = forwarding
+        parts = urlsplit(forwarding.endpoint)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._flat = forwarding.settings.format == "flat"
+        self._conn: http.client.HTTPConnection | None = None
+        self._headers = {"content-type": "application/json", "user-agent": f"meterproxy/{__version__}"}
+        if key := forwarding.api_key:
+            self._headers |= {"authorization": f"Bearer {key}", "x-api-key": key}
+
+    def post(self, receipt_id: str, payload: str) -> Attempt:
+        body = wire_body(payload, self._flat)
+        headers = self._headers | {"idempotency-key": receipt_id}
+        while True:
+            reused = self._conn is not None
+            try:
+                conn = self._conn or self._connect()
+                conn.request("POST", self._target, body, headers)
+                response = conn.getresponse()
+                data = response.read(KEPT_BODY * 4)
+                if not response.isclosed():  # more body than we read: this connection is done
+                    self.close()
+                break
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                if reused and isinstance(e, _STALE_CONNECTION):
+                    continue  # the Logger closed an idle kept-alive connection: not a failure
+                return Attempt(None, self.forwarding.scrub(_describe(e, self.forwarding.settings.timeout)))
+        text = self.forwarding.scrub(data.decode("utf-8", "replace"))[:KEPT_BODY]
+        attempt = Attempt(response.status, body=text)
+        if attempt.outcome == "delivered":
+            attempt.logger_id = _answer_id(text)
+        else:
+            attempt.error = f"HTTP {response.status}"
+            if 300 <= response.status < 400:
+                location = self.forwarding.scrub(response.getheader("location") or "?")
+                attempt.error += f" redirect to {location}: set LOCKN_LOGGER_ENDPOINT to the final URL"
+            attempt.retry_after = _retry_after(response.getheader("retry-after"))
+        return attempt
+
+    def _connect(self) -> http.client.HTTPConnection:
+        timeout = self.forwarding.settings.timeout
+        if self._https:
+            context = ssl.create_default_context()
+            self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
+        else:
+            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def _describe(error: BaseException, timeout: float) -> str:
+    if isinstance(error, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS error: {error.reason or error}"
+    if isinstance(error, http.client.HTTPException):
+        return f"bad HTTP answer: {type(error).__name__}"
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (delay-seconds or an HTTP date, at most a day); None when unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX) if math.isfinite(seconds) else None
+
+
+def _answer_id(text: str) -> str | None:
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return None
+    value = answer.get("id") if isinstance(answer, dict) else None
+    return str(value) if value is not None else None
+
+
+@contextmanager
+def _outbox_lock(home: Home, wait: bool) -> Iterator[bool]:
+    """Hold the home's outbox lock file (released by the OS even on SIGKILL)."""
+    if fcntl is None:
+        yield True
+        return
+    fd = os.open(home.root / "forward.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _idle_wait(db: Database) -> float:
+    """Seconds until the next pending receipt is due (at most IDLE_POLL)."""
+    row = db.execute("SELECT min(next_attempt_at) FROM outbox WHERE state = 'pending'").fetchone()
+    if not row or row[0] is None:
+        return IDLE_POLL
+    due = _epoch(row[0])
+    return min(max(due - time.time(), 0.01), IDLE_POLL)
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+# --- inspection (`meterproxy forward --status / --dry-run`) --------------------------------
+
+
+def count_pending(db: Database) -> int:
+    return db.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+
+
+def outbox_status(db: Database, rejected_limit: int = 20) -> dict[str, Any]:
+    """Counts per state, the oldest pending receipt, and the newest rejected ones."""
+    counts = dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
+    oldest = db.execute(
+        "SELECT receipt_id, created_at, attempts, last_attempt_at, last_error FROM outbox "
+        "WHERE state = 'pending' ORDER BY created_at, receipt_id LIMIT 1"
+    )
+    rejected = db.execute(
+        "SELECT receipt_id, created_at, last_attempt_at, last_status, response_body FROM outbox "
+        "WHERE state = 'rejected' ORDER BY last_attempt_at DESC, receipt_id LIMIT ?",
+        [rejected_limit],
+    )
+    return {
+        "pending": counts.get("pending", 0),
+        "delivered": counts.get("delivered", 0),
+        "rejected": counts.get("rejected", 0),
+        "oldest_pending": next(iter(_dicts(oldest)), None),
+        "rejected_receipts": _dicts(rejected),
+    }
+
+
+def outbox_bodies(db: Database, forwarding: Forwarding, include_rejected: bool) -> Iterator[bytes]:
+    """The exact bodies :class:`Sender` would POST, oldest first."""
+    states = ("pending", "rejected") if include_rejected else ("pending",)
+    cursor = db.execute(
+        f"SELECT payload FROM outbox WHERE state IN ({', '.join('?' for _ in states)}) "
+        "ORDER BY next_attempt_at, receipt_id",
+        list(states),
+    )
+    flat = forwarding.settings.format == "flat"
+    for (payload,) in cursor:
+        yield wire_body(payload, flat)
+
+
+def _dicts(cursor: Any) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]

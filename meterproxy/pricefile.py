@@ -1,0 +1,237 @@
+"""Reading ``pricing.toml`` files: the schema, and errors that name the file, line and field.
+
+The format (USD per million tokens; every field but ``provider``, ``input`` and ``output`` is
+optional)::
+
+    [models."claude-sonnet-4-5"]
+    provider = "anthropic"
+    input = 3.00
+    output = 15.00
+    cache_read = 0.30        # default: input
+    cache_write = 3.75       # 5-minute writes; default: input
+    cache_write_1h = 6.00    # 1-hour (OpenAI: 12-hour) writes; default: cache_write
+    reasoning = 15.00        # default: output
+    since = 2025-09-29       # when this price took effect; default: always
+    aliases = ["claude-sonnet-4-5-latest"]
+
+    [[models."claude-sonnet-4-5".tiers]]   # long context: a prompt of more than `above`
+    above = 200_000                        # input tokens (cache included) pays these rates
+    input = 6.00                           # for every token of the call
+    output = 22.50
+
+    [[models."claude-sonnet-4-5".periods]] # other prices of the model, past or scheduled, each
+    since = 2025-01-01                     # with its own rates and tiers; at most one period
+    input = 3.50                           # (the table above included) may leave out `since`
+    output = 16.00
+
+    [models."deepseek-flash".peak]         # a time-of-day surcharge: all rates x multiplier
+    utc_offset = "+08:00"
+    days = ["mon", "tue", "wed", "thu", "fri"]
+    hours = ["09:00-12:00", "14:00-18:00"]
+    multiplier = 2
+
+Floats are read as exact decimals (``parse_float=Decimal``), never through binary floats.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from meterproxy.errors import MeterproxyError
+
+Rate = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RatesSpec(_Strict):
+    input: Rate
+    output: Rate
+    cache_read: Rate | None = None
+    cache_write: Rate | None = None
+    cache_write_1h: Rate | None = None
+    reasoning: Rate | None = None
+
+
+class TierSpec(RatesSpec):
+    above: int = Field(gt=0)
+
+
+class PeriodSpec(RatesSpec):
+    since: date | datetime | None = None
+    tiers: list[TierSpec] = []
+
+
+class PeakSpec(_Strict):
+    utc_offset: str = Field(pattern=r"^[+-]\d{2}:\d{2}$")
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+    hours: list[Annotated[str, Field(pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")]] = Field(min_length=1)
+    multiplier: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+
+
+class ModelSpec(PeriodSpec):
+    provider: str = Field(min_length=1)
+    aliases: list[str] = []
+    periods: list[PeriodSpec] = []
+    peak: PeakSpec | None = None
+
+
+class FileSpec(_Strict):
+    models: dict[str, ModelSpec] = {}
+
+
+def parse_text(source: str, text: str) -> FileSpec:
+    """Parse and validate one price file; a problem is a MeterproxyError naming file, line and field."""
+    try:
+        doc = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        line = re.search(r"\(at line (\d+), column \d+\)", message)
+        where = f"{source}:{line.group(1)}" if line else source
+        raise MeterproxyError(f"{where}: {re.sub(r' \(at line .*\)$', '', message)}") from e
+    try:
+        spec = FileSpec.model_validate(doc)
+    except ValidationError as e:
+        errors = e.errors()
+        more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
+        raise field_error(source, text, tuple(errors[0]["loc"]), _message(errors[0]) + more) from e
+    _check_consistency(source, text, spec)
+    return spec
+
+
+def field_error(source: str, text: str, loc: Sequence[str | int], message: str) -> MeterproxyError:
+    line = locate(text, loc)
+    where = f"{source}:{line}" if line else source
+    return MeterproxyError(f"{where}: {'.'.join(str(p) for p in loc)}: {message}")
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "missing":
+        return "required field is missing"
+    if error["type"] == "extra_forbidden":
+        return "unknown field (typo?)"
+    return str(error["msg"])
+
+
+def _check_consistency(source: str, text: str, spec: FileSpec) -> None:
+    """What the schema cannot say: unique dates, tiers and names."""
+    names: dict[str, str] = {}
+    for name, model in spec.models.items():
+        key = name.lower()
+        if key in names:
+            raise field_error(source, text, ("models", name), f"defined twice (also as {names[key]!r})")
+        names[key] = name
+    for name, model in spec.models.items():
+        seen_since: set[datetime | None] = set()
+        periods: list[tuple[tuple[str | int, ...], Any]] = [(("models", name), model)]
+        periods += [(("models", name, "periods", i), p) for i, p in enumerate(model.periods)]
+        for loc, period in periods:
+            since = utc_start(period.since)
+            if since in seen_since:
+                what = "another period of this model has the same date" if since else "only one period may leave out 'since'"
+                raise field_error(source, text, (*loc, "since"), what)
+            seen_since.add(since)
+            aboves = [tier.above for tier in period.tiers]
+            if len(set(aboves)) != len(aboves):
+                raise field_error(source, text, (*loc, "tiers"), "two tiers have the same 'above'")
+        for i, alias in enumerate(model.aliases):
+            other = names.get(alias.lower())
+            if other is not None:
+                raise field_error(source, text, ("models", name, "aliases", i), f"{alias!r} is already a model")
+            names[alias.lower()] = name
+        if model.peak:
+            for i, span in enumerate(model.peak.hours):
+                start, end = (_minutes(t) for t in span.split("-"))
+                if not 0 <= start < end <= 24 * 60:
+                    raise field_error(source, text, ("models", name, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
+            if abs(_minutes(model.peak.utc_offset[1:])) >= 24 * 60:
+                raise field_error(source, text, ("models", name, "peak", "utc_offset"), "expected +HH:MM within a day")
+
+
+def utc_start(when: date | datetime | None) -> datetime | None:
+    """A ``since`` value as an aware UTC datetime (a date or a datetime without offset is UTC)."""
+    if when is None:
+        return None
+    if not isinstance(when, datetime):
+        when = datetime.combine(when, time())
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+def _minutes(hhmm: str) -> int:
+    """Minutes in HH:MM; an impossible minute (HH:75) counts as the end of time, never accepted."""
+    hours, minutes = (int(part) for part in hhmm.split(":"))
+    return hours * 60 + minutes if minutes < 60 else 10**6
+
+
+def _offset(text: str) -> timezone:
+    sign = -1 if text.startswith("-") else 1
+    return timezone(sign * timedelta(minutes=_minutes(text[1:])))
+
+
+def peak_window(spec: PeakSpec) -> tuple[timezone, frozenset[int], tuple[tuple[int, int], ...]]:
+    """The peak window as (offset, weekday numbers, minute ranges)."""
+    spans = tuple(tuple(_minutes(t) for t in span.split("-")) for span in spec.hours)
+    return _offset(spec.utc_offset), frozenset(WEEKDAYS.index(d) for d in spec.days), spans  # type: ignore[return-value]
+
+
+# --- where a field is -------------------------------------------------------------------------
+
+_KEY_PART = r'(?:"(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)'
+_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*\]\]?\s*(?:#.*)?$")
+_ASSIGN = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
+
+
+def _split_key(key: str) -> list[str]:
+    parts = re.findall(_KEY_PART, key)
+    return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
+
+
+def locate(text: str, loc: Sequence[str | int]) -> int | None:
+    """The 1-based line of the table or key at ``loc`` (a validation error's path), or the
+    nearest enclosing one that can be found. Array-of-tables entries are counted in order."""
+    positions: dict[tuple[str | int, ...], int] = {}
+    counters: dict[tuple[str | int, ...], int] = {}
+    current: tuple[str | int, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            *parents, last = _split_key(header.group(2))
+            path: tuple[str | int, ...] = ()
+            for part in parents:
+                path = _resolve(positions, (*path, part))
+            path = (*path, last)
+            if header.group(1) == "[[":
+                index = counters.get(path, 0)
+                counters[path] = index + 1
+                path = (*path, index)
+            current = path
+            positions.setdefault(path, number)
+            continue
+        assign = _ASSIGN.match(line)
+        if assign:
+            positions.setdefault((*current, *_split_key(assign.group(1))), number)
+    wanted = tuple(loc)
+    for end in range(len(wanted), 0, -1):
+        if wanted[:end] in positions:
+            return positions[wanted[:end]]
+    return None
+
+
+def _resolve(positions: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """A header path through arrays of tables points at their latest element."""
+    index = -1
+    while (*path, index + 1) in positions:
+        index += 1
+    return (*path, index) if index >= 0 else path

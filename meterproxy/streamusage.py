@@ -1,0 +1,103 @@
+"""``--inject-stream-usage``: make OpenAI-compatible streams report usage the client did not ask for.
+
+Off by default. A Chat Completions (or legacy Completions) stream reports usage only when the
+request sets ``stream_options.include_usage``; without it meterproxy can only estimate. With
+this option the proxy adds ``"stream_options":{"include_usage":true}`` to streaming requests that
+lack it (and asks for an uncompressed response), then removes from the response what the option
+added, so the client's stream is byte for byte what it would have been:
+
+- the extra last chunk, with ``"choices":[]`` and the usage (the meter still reads it);
+- on OpenAI and Azure, which then add ``"usage":null`` to every other chunk, those fields.
+
+This is the only code that parses a stream on the proxy's event loop, and only for the flows it
+changed: per chunk it splits complete SSE events, and parses the JSON of an event only when it
+holds a usage object. A request that already says ``include_usage`` (true or false) is left
+alone, as is a response with a ``Content-Encoding`` (it cannot be edited in flight).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from meterproxy.tap import ResponseTap
+
+INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+NULL_USAGE_PROVIDERS = frozenset({"openai", "azure"})
+"""Providers that add ``"usage":null`` to every chunk when ``include_usage`` is set."""
+
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_EVENT_SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
+
+
+def inject(body: bytes) -> bytes | None:
+    """The request body asking for stream usage, or None when it needs no change."""
+    if b'"stream"' not in body:
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("stream") is not True:
+        return None
+    if "stream_options" not in data:
+        start = body.index(b"{") + 1  # insert, leaving every byte the client wrote as it was
+        return body[:start] + INCLUDE_USAGE + body[start:]
+    options = data["stream_options"]
+    if options is None or (isinstance(options, dict) and "include_usage" not in options):
+        data["stream_options"] = {**(options or {}), "include_usage": True}
+        return json.dumps(data, ensure_ascii=False).encode()
+    return None
+
+
+class UsageChunkStripper:
+    """A ``flow.response.stream`` callable: the tap sees every byte, the client the stream
+    without what ``include_usage`` added. Holds back at most one incomplete event."""
+
+    __slots__ = ("tap", "strip_null_usage", "_pending")
+
+    def __init__(self, tap: ResponseTap, strip_null_usage: bool):
+        self.tap = tap
+        self.strip_null_usage = strip_null_usage
+        self._pending = b""
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        self.tap(chunk)
+        if not chunk:  # end of the body: whatever is left is a last event without a blank line
+            rest, self._pending = self._pending, b""
+            cleaned = self._clean(rest) if rest else b""
+            return [cleaned] if cleaned else []
+        data = self._pending + chunk
+        end = max((i + len(sep) for sep in _SEPARATORS if (i := data.rfind(sep)) >= 0), default=0)
+        if not end:
+            self._pending = data
+            return []
+        complete, self._pending = data[:end], data[end:]
+        cleaned = self._clean(complete)
+        # Never hand mitmproxy an empty chunk: on a chunked HTTP/1.1 response it ends the body.
+        return [cleaned] if cleaned else []
+
+    def _clean(self, data: bytes) -> bytes:
+        parts = _EVENT_SPLIT.split(data)
+        out = []
+        for i in range(0, len(parts), 2):
+            event = parts[i]
+            separator = parts[i + 1] if i + 1 < len(parts) else b""
+            if _USAGE_OBJECT.search(event) and _is_usage_only(event):
+                continue
+            if self.strip_null_usage:
+                event = _NULL_USAGE.sub(b"", event, count=1)
+            out.append(event + separator)
+        return b"".join(out)
+
+
+def _is_usage_only(event: bytes) -> bool:
+    """True for the chunk ``include_usage`` adds: usage and no choices."""
+    lines = [line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")]
+    try:
+        chunk = json.loads(b"\n".join(lines))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(chunk, dict) and not chunk.get("choices") and isinstance(chunk.get("usage"), dict)
