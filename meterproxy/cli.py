@@ -31,14 +31,14 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.forward import Forwarding, Sender, outbox_bodies, outbox_status
 from meterproxy.home import Home
 from meterproxy.ledger import connect, iso_utc
-from meterproxy.periods import Period, day_period, last_period, local_zone, month_period, range_period, zone_named
+from meterproxy.periods import Period, day_period, last_period, month_period, range_period, zone_named
 from meterproxy.priceimport import import_litellm
 from meterproxy.pricing import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates, at_utc
 from meterproxy.query import FILTERS, Filters, last_rowid, list_calls
 from meterproxy.render import (
-    CALL_LINE_HEADER, call_line, calls_table, local_time, report_csv, report_notes, report_table,
+    CALL_LINE_HEADER, budget_warnings, call_line, calls_table, local_time, report_csv, report_notes, report_table,
 )
-from meterproxy.report import BY, Query, WhatIf, budget_status, month_projection, summarize
+from meterproxy.report import BY, Query, WhatIf, full_report
 from meterproxy.reprice import ModelChange, reprice, usd
 
 
@@ -179,8 +179,12 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def period_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The period and zone options, passed as ``period`` (None when no period was given)."""
+def period_options(today_by_default: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The period and zone options, passed as ``period`` (when none is given: today, or None)."""
+    return functools.partial(_add_period_options, today_by_default=today_by_default)
+
+
+def _add_period_options(command: Callable[..., Any], today_by_default: bool) -> Callable[..., Any]:
     options = [
         click.option("--today", is_flag=True, help="Since local midnight."),
         click.option("--yesterday", is_flag=True, help="The day before today."),
@@ -199,14 +203,14 @@ def period_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(**kwargs: Any) -> Any:
         names = ("today", "yesterday", "last", "from_", "to", "month", "tz", "utc")
         values = {name: kwargs.pop(name) for name in names}
-        return command(period=_period(**values, now=datetime.now(UTC)), **kwargs)
+        return command(period=_period(**values, now=datetime.now(UTC), today_by_default=today_by_default), **kwargs)
 
     return wrapper
 
 
 def _period(
     today: bool, yesterday: bool, last: str | None, from_: str | None, to: str | None, month: str | None,
-    tz: str | None, utc: bool, now: datetime,
+    tz: str | None, utc: bool, now: datetime, today_by_default: bool,
 ) -> Period | None:
     if tz and utc:
         raise click.UsageError("--tz and --utc cannot be used together")
@@ -222,7 +226,7 @@ def _period(
         raise click.BadParameter(str(e), param_hint="'--tz'") from None
     local_day = now.astimezone(zone).date()
     try:
-        if today:
+        if today or (today_by_default and not chosen):
             return day_period(local_day, zone, "today")
         if yesterday:
             return day_period(local_day - timedelta(days=1), zone, "yesterday")
@@ -239,7 +243,7 @@ def _period(
 
 @cli.command()
 @home_option
-@period_options
+@period_options(today_by_default=False)
 @filter_options
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Then print new calls as the proxy records them (Ctrl-C stops).")
@@ -278,7 +282,7 @@ def calls(
 
 @cli.command()
 @home_option
-@period_options
+@period_options(today_by_default=True)
 @filter_options
 @click.option("--by", multiple=True, type=click.Choice(BY), metavar="KEY",
               help=f"Break down by {', '.join(BY)} (default: model); a second --by nests.")
@@ -288,7 +292,7 @@ def calls(
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print the report as CSV.")
 def report(
-    home: Home, period: Period | None, filters: Filters, by: tuple[str, ...], top: int | None,
+    home: Home, period: Period, filters: Filters, by: tuple[str, ...], top: int | None,
     what_if: str | None, include_archive: bool, as_json: bool, as_csv: bool,
 ) -> None:
     """What was spent, on what, by whom (default: today, by model)."""
@@ -296,32 +300,21 @@ def report(
         raise click.UsageError("choose one of --json and --csv")
     if len(set(by)) < len(by):
         raise click.BadParameter("each key may be given once", param_hint="'--by'")
-    now = datetime.now(UTC)
-    period = period or day_period(now.astimezone(local_zone()).date(), local_zone(), "today")
-    config = home.ensure().load_config()
+    budgets = home.ensure().load_config().budgets
     query = Query(period, by or ("model",), filters, top, _what_if(home, what_if) if what_if else None)
     dbs = [_ledger(home)]
     if include_archive:
         dbs += [connect(path) for path in archive_files(home.archive, period.start, period.end)]
-    data = summarize(dbs, query)
-    current_month = month_period(None, period.zone, now)
-    is_this_month = (period.start, period.end) == (current_month.start, current_month.end)
-    data["projection"] = month_projection(dbs, period.zone, filters, now) if is_this_month else None
-    budgets = config.budgets
-    data["budget"] = budget_status(dbs, period.zone, budgets.daily_usd, budgets.monthly_usd, budgets.warn_at, now)
+    data = full_report(dbs, query, datetime.now(UTC), budgets.daily_usd, budgets.monthly_usd, budgets.warn_at)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     elif as_csv:
         click.echo(report_csv(data), nl=False)
     else:
         _wide_console().print(report_table(data))
-        for line in report_notes(data):
-            click.echo(line)
-    for name in ("daily", "monthly"):
-        state = data["budget"] and data["budget"][name]
-        if state and state["status"] != "ok":
-            click.echo(f"warning: {name} budget {state['status']}: ${state['spent_usd']:,.2f} of "
-                       f"${state['limit_usd']:,.2f} ({state['used']:.0%})", err=True)
+        click.echo("\n".join(report_notes(data)))
+    for line in budget_warnings(data):
+        click.echo(line, err=True)
 
 
 def _what_if(home: Home, model: str) -> WhatIf:

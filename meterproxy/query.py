@@ -20,10 +20,8 @@ from meterproxy.ledger import LISTED_COLUMNS, iso_utc
 
 FILTERS = ("agent", "model", "provider", "session", "task", "outcome")
 
-CALL_LABELS: dict[str, str] = {
-    name: rollup.KEYS[name].format(p="") if name in rollup.KEYS else f"COALESCE({name}, '')" for name in FILTERS
-}
-"""Filter name -> its SQL expression over a ``calls`` row."""
+CALL_LABELS: dict[str, str] = {name: rollup.KEYS.get(name, name).format(p="") for name in FILTERS}
+"""Filter name -> its SQL expression over a ``calls`` row (``session`` as is, so its index serves)."""
 
 
 @dataclass(frozen=True)

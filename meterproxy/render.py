@@ -107,6 +107,17 @@ def budget_lines(budget: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def budget_warnings(data: dict[str, Any]) -> list[str]:
+    """A warning line for each budget used past its ``warn_at`` (for stderr)."""
+    lines = []
+    for name in ("daily", "monthly"):
+        state = data["budget"] and data["budget"][name]
+        if state and state["status"] != "ok":
+            lines.append(f"warning: {name} budget {state['status']}: ${state['spent_usd']:,.2f} of "
+                         f"${state['limit_usd']:,.2f} ({state['used']:.0%})")
+    return lines
+
+
 def report_csv(data: dict[str, Any]) -> str:
     """One row per innermost group (a column per ``--by`` key), then ``(more)`` and ``(total)``."""
     out = io.StringIO()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlite_utils import Database
 from meterproxy import rollup
 from meterproxy.ledger import iso_utc
 from meterproxy.periods import Period, day_period, month_period, offset_spans, zone_label
-from meterproxy.pricing import PICO, Match, PriceTable
+from meterproxy.pricing import PICO, Match, PriceTable, Rates
 from meterproxy.query import Filters
 from meterproxy.usage import Usage
 
@@ -48,7 +48,7 @@ class WhatIf:
     table: PriceTable
     match: Match
 
-    def rates(self, when: datetime, input_tokens: int = 0):
+    def rates(self, when: datetime, input_tokens: int = 0) -> Rates:
         price = self.table.price("", self.model, when, input_tokens)
         assert price is not None, "a what-if model has a price"
         return price.rates
@@ -93,7 +93,21 @@ def summarize(dbs: Sequence[Database], query: Query) -> dict[str, Any]:
     }
 
 
-def month_projection(dbs: Sequence[Database], zone, filters: Filters, now: datetime) -> dict[str, Any]:
+def full_report(
+    dbs: Sequence[Database], query: Query, now: datetime,
+    daily_usd: float | None = None, monthly_usd: float | None = None, warn_at: float = 0.8,
+) -> dict[str, Any]:
+    """:func:`summarize`, plus the month projection (for the current month) and the budgets."""
+    data = summarize(dbs, query)
+    zone = query.period.zone
+    month = month_period(None, zone, now)
+    this_month = (query.period.start, query.period.end) == (month.start, month.end)
+    data["projection"] = _month_projection(dbs, zone, query.filters, now) if this_month else None
+    data["budget"] = _budget_status(dbs, zone, daily_usd, monthly_usd, warn_at, now)
+    return data
+
+
+def _month_projection(dbs: Sequence[Database], zone: tzinfo, filters: Filters, now: datetime) -> dict[str, Any]:
     """Spend this month so far, and at the same daily rate by the month's end."""
     month = month_period(None, zone, now)
     so_far = Period(month.start, now.astimezone(zone), zone, month.label)
@@ -113,15 +127,16 @@ def month_projection(dbs: Sequence[Database], zone, filters: Filters, now: datet
     }
 
 
-def budget_status(
-    dbs: Sequence[Database], zone, daily_usd: float | None, monthly_usd: float | None, warn_at: float, now: datetime
+def _budget_status(
+    dbs: Sequence[Database], zone: tzinfo, daily_usd: float | None, monthly_usd: float | None, warn_at: float,
+    now: datetime,
 ) -> dict[str, Any] | None:
     """Today's and this month's spend (all calls) against the configured budgets."""
     if daily_usd is None and monthly_usd is None:
         return None
 
     def status(limit: float, spent: float) -> dict[str, Any]:
-        used = spent / limit if limit else float("inf")
+        used = spent / limit
         level = "over" if used >= 1 else "warning" if used >= warn_at else "ok"
         return {"limit_usd": limit, "spent_usd": spent, "used": round(used, 4), "status": level}
 
@@ -131,7 +146,7 @@ def budget_status(
         spent = summarize(dbs, Query(today, by=()))["totals"]["cost_usd"]
         result["daily"] = status(daily_usd, spent)
     if monthly_usd is not None:
-        projection = month_projection(dbs, zone, Filters(), now)
+        projection = _month_projection(dbs, zone, Filters(), now)
         result["monthly"] = status(monthly_usd, projection["spent_usd"]) | {
             "projected_usd": projection["projected_usd"],
             "projected_status": status(monthly_usd, projection["projected_usd"])["status"],
@@ -264,13 +279,10 @@ def _what_if_costs(dbs: Sequence[Database], query: Query) -> dict[tuple[str, ...
             for key, sums in rows.items():
                 add(key, sums, start)
         return costs
-    iso = [iso_utc(c.timestamp()) for c in changes]
     extra = [
-        "CASE " + " ".join(f"WHEN ts >= '{at}' THEN {i + 1}" for i, at in reversed(list(enumerate(iso)))) + " ELSE 0 END"
-        if iso else "0",
-        "CASE " + " ".join(f"WHEN input_tokens > {n} THEN {i + 1}" for i, n in reversed(list(enumerate(sizes)))) + " ELSE 0 END"
-        if sizes else "0",
-        "substr(ts, 1, 16)" if entry.peak is not None else "''",
+        _highest([f"ts >= '{iso_utc(c.timestamp())}'" for c in changes]),  # which price period
+        _highest([f"input_tokens > {n}" for n in sizes]),  # which tier
+        "substr(ts, 1, 16)" if entry.peak is not None else "''",  # which minute, for peak hours
     ]
     rows = {}
     for db in dbs:
@@ -281,6 +293,13 @@ def _what_if_costs(dbs: Sequence[Database], query: Query) -> dict[tuple[str, ...
         when = _parse_iso(minute + ":00Z") if minute else changes[stretch - 1] if stretch else period.start
         add(key[:width], sums, when, sizes[size - 1] + 1 if size else 0)
     return costs
+
+
+def _highest(tests: list[str]) -> str:
+    """SQL: the number (from 1) of the last of these increasingly strict tests that holds, else 0."""
+    if not tests:
+        return "0"
+    return f"CASE {' '.join(f'WHEN {t} THEN {i}' for i, t in reversed(list(enumerate(tests, 1))))} ELSE 0 END"
 
 
 def _what_if_info(query: Query) -> dict[str, Any] | None:

@@ -220,7 +220,7 @@ def test_today_yesterday_and_last(home: Path) -> None:
     assert tokens("--last", "24h") & 16 and not tokens("--last", "24h") & 96
     assert tokens("--last", "2d") & 16 + 32 == 48 and not tokens("--last", "2d") & 64
     # No period: today, in the local zone ($TZ).
-    assert tokens(env={"TZ": NY}) == tokens("--today", "--tz", NY)
+    assert tokens(env={"TZ": NY}) == tokens("--today", "--tz", NY) == tokens("--tz", NY, env={"TZ": "Asia/Tokyo"})
     assert report_json(home, env={"TZ": NY})["tz"] == NY
 
 
