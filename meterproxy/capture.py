@@ -36,12 +36,14 @@ from meterproxy.attribution import (
 from meterproxy.errors import MeterproxyError
 from meterproxy.exchange import Abort, Exchange, new_id
 from meterproxy.forward import Forwarding, Sender, attach
-from meterproxy.home import Home
+from meterproxy.home import STORE_POLICIES, Config, Home
 from meterproxy.meter import Meter
 from meterproxy.mirror import JsonlMirror
 from meterproxy.pricing import PriceTable
 from meterproxy.providers import PROVIDERS
+from meterproxy.redact import Redactor, redact_logs
 from meterproxy.routes import RouteTable
+from meterproxy.storage import Storage
 from meterproxy.tap import ResponseTap
 from meterproxy.writer import LedgerWriter
 
@@ -104,6 +106,11 @@ class MeterAddon:
             "A CA bundle trusted for upstream TLS, in addition to the public roots.",
         )
         loader.add_option(
+            "meterproxy_store", str, "",
+            "What of each call's content is stored, redacted: none, preview or full "
+            "(default: config.toml, else preview).",
+        )
+        loader.add_option(
             "meterproxy_inject_stream_usage", bool, False,
             "Add stream_options.include_usage to OpenAI-compatible streaming requests that lack it, "
             "and remove the extra usage chunk before the client sees it.",
@@ -126,19 +133,20 @@ class MeterAddon:
             self.inject_stream_usage = ctx.options.meterproxy_inject_stream_usage
         if not {
             "meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca",
-            "meterproxy_forward", "meterproxy_forward_previews", "meterproxy_jsonl",
+            "meterproxy_forward", "meterproxy_forward_previews", "meterproxy_store", "meterproxy_jsonl",
         } & updated:
             return
         try:
             home = Home.resolve(ctx.options.meterproxy_home or None).ensure()
             config = home.load_config()
             self.routes = RouteTable.build(ctx.options.meterproxy_routes, config.routes, PROVIDERS)
-            meter = Meter(PriceTable.load(home.pricing_file))
+            storage = _storage(ctx.options.meterproxy_store or config.storage.store, config)
+            meter = Meter(PriceTable.load(home.pricing_file), storage)
             upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
             bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
             forwarding = Forwarding.resolve(
                 config, os.environ, ctx.options.meterproxy_forward, ctx.options.meterproxy_forward_previews,
-                store_policy=None,  # TODO(issue 5): the storage policy, once it exists on main
+                store_policy=storage.policy,
             )
             writer = LedgerWriter(home.ledger, meter)
             if ctx.options.meterproxy_jsonl and config.logs.jsonl:
@@ -148,6 +156,8 @@ class MeterAddon:
             tokens.preload()
         except MeterproxyError as e:
             raise exceptions.OptionsError(str(e)) from e
+        redact_logs(storage.redactor)
+        log.info(_describe(storage))
         if self.writer is not None:
             self.writer.close()
         if self.sender is not None:
@@ -350,6 +360,22 @@ def _secrets(request: http.Request) -> tuple[str, ...]:
         if key.lower() in ("key", "api_key", "api-key") and value:
             values.append(value)
     return tuple(v for v in values if len(v) >= 8)
+
+
+def _storage(policy: str, config: Config) -> Storage:
+    if policy not in STORE_POLICIES:
+        raise MeterproxyError(f"bad storage policy {policy!r}: choose one of {', '.join(STORE_POLICIES)}")
+    redactor = Redactor(config.redact.patterns, config.redact.allow)
+    return Storage(policy, config.storage.preview_chars, redactor)  # type: ignore[arg-type]
+
+
+def _describe(storage: Storage) -> str:
+    if storage.policy == "none":
+        return "storing no call content (metadata and usage only)"
+    previews = f"previews of {storage.preview_chars} characters"
+    if storage.policy == "preview":
+        return f"storing redacted {previews}"
+    return f"storing redacted full bodies (compressed) and {previews}"
 
 
 def _abort_side(flow: http.HTTPFlow, message: str) -> Abort | None:

@@ -29,7 +29,7 @@ from meterproxy.archive import archive, archive_files, pending
 from meterproxy.clientenv import client_environment, export_lines
 from meterproxy.errors import MeterproxyError
 from meterproxy.forward import Forwarding, Sender, outbox_bodies, outbox_status
-from meterproxy.home import Home
+from meterproxy.home import STORE_POLICIES, Home
 from meterproxy.ledger import connect, iso_utc
 from meterproxy.periods import Period, day_period, last_period, month_period, range_period, zone_named
 from meterproxy.priceimport import import_litellm
@@ -80,6 +80,11 @@ def cli() -> None:
 @click.option("--grace", type=float, default=10.0, show_default=True,
               help="Seconds calls in flight get to finish on SIGINT/SIGTERM.")
 @click.option(
+    "--store", type=click.Choice(STORE_POLICIES),
+    help="Content stored per call, always redacted: none, preview (the default, or config.toml's) "
+    "or full (compressed bodies).",
+)
+@click.option(
     "--inject-stream-usage", is_flag=True,
     help="Ask OpenAI-compatible streams for their usage (stream_options.include_usage) when the "
          "client did not, and remove the extra chunk before the client sees it.",
@@ -92,7 +97,7 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log every metered call.")
 def start(
     home: Home, host: str | None, port: int | None, routes: tuple[str, ...],
-    upstream_ca: Path | None, grace: float, inject_stream_usage: bool, forward: bool,
+    upstream_ca: Path | None, grace: float, store: str | None, inject_stream_usage: bool, forward: bool,
     forward_previews: bool, no_jsonl: bool, verbose: bool,
 ) -> None:
     """Run the metering proxy in the foreground."""
@@ -100,8 +105,9 @@ def start(
 
     _setup_logging(verbose)
     config = home.ensure().load_config()
-    # TODO(issue 5): pass the storage policy (--store / [storage]) once it exists on main.
-    forwarding = Forwarding.resolve(config, os.environ, forward, forward_previews, store_policy=None)
+    forwarding = Forwarding.resolve(
+        config, os.environ, forward, forward_previews, store_policy=store or config.storage.store
+    )
     if forward_previews and not forwarding.previews:
         click.echo("warning: --forward-previews needs the storage policy full: receipts carry no previews", err=True)
     spec = ProxySpec(
@@ -111,6 +117,7 @@ def start(
         routes=routes,
         upstream_ca=upstream_ca,
         grace=grace,
+        store=store,
         inject_stream_usage=inject_stream_usage,
         forward=forward,
         forward_previews=forward_previews,

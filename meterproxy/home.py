@@ -11,14 +11,22 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator,
+)
 
 from meterproxy.errors import MeterproxyError
+from meterproxy.redact import Redactor
 
 DEFAULT_HOME = "~/.meterproxy"
+
+StorePolicy = Literal["none", "preview", "full"]
+"""What of each call's content is stored (see :mod:`meterproxy.storage`)."""
+STORE_POLICIES: tuple[str, ...] = get_args(StorePolicy)
+DEFAULT_PREVIEW_CHARS = 500
 
 
 class _Section(BaseModel):
@@ -29,6 +37,24 @@ class ProxySettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8788, ge=0, le=65535)
     upstream_ca: str | None = None
+
+
+class StorageSettings(_Section):
+    store: StorePolicy = "preview"
+    """What of each call's content is kept (``meterproxy start --store`` overrides it)."""
+    preview_chars: int = Field(default=DEFAULT_PREVIEW_CHARS, ge=1, le=1_000_000)
+
+
+class RedactSettings(_Section):
+    patterns: dict[str, str] = Field(default_factory=dict)
+    """Extra findings: name -> regex; each match becomes ``[REDACTED:name]``."""
+    allow: list[str] = Field(default_factory=list)
+    """Regexes of findings to keep (matched against the whole finding)."""
+
+    @model_validator(mode="after")
+    def _compiles(self) -> RedactSettings:
+        Redactor(self.patterns, self.allow)  # raises ValueError naming a bad pattern
+        return self
 
 
 def _also(name: str) -> AliasChoices:
@@ -82,6 +108,8 @@ class Config(_Section):
 
     routes: dict[str, str] = Field(default_factory=dict)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    redact: RedactSettings = Field(default_factory=RedactSettings)
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     budgets: Budgets = Field(default_factory=Budgets)
     logs: LogSettings = Field(default_factory=LogSettings)
@@ -160,4 +188,5 @@ class Home:
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise MeterproxyError(f"{path}: {where}: {first['msg']}") from e
+            message = first["msg"].removeprefix("Value error, ")
+            raise MeterproxyError(f"{path}: {where}: {message}") from e

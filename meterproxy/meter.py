@@ -18,6 +18,7 @@ from meterproxy.ledger import iso_utc
 from meterproxy.pricing import NO_PRICE, PriceTable, at_utc
 from meterproxy.providers import get_provider
 from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo
+from meterproxy.storage import Storage
 from meterproxy.tap import decode_body
 from meterproxy.usage import Usage, UsageSource
 
@@ -35,10 +36,11 @@ class Record:
 
 
 class Meter:
-    """Builds ledger rows from exchanges with one price table."""
+    """Builds ledger rows from exchanges with one price table and one storage policy."""
 
-    def __init__(self, prices: PriceTable):
+    def __init__(self, prices: PriceTable, storage: Storage | None = None):
         self.prices = prices
+        self.storage = storage or Storage()
         self._warned_unpriced: set[str | None] = set()
 
     def record(self, ex: Exchange) -> Record:
@@ -48,9 +50,10 @@ class Meter:
         if kind == "api":
             common["method"] = ex.method
             common["outcome"] = _outcome(ex, None, RequestInfo())
-            return Record("api_calls", common)
+            return Record("api_calls", self.storage.finish("api_calls", common, ex))
 
-        request = provider.parse_request(ex.path, _request_body(ex))
+        request_body = _request_body(ex)
+        request = provider.parse_request(ex.path, request_body)
         parsed = (
             provider.parse_response(ex.path, ex.body(), ex.response_headers.get("content-type", ""))
             if ex.status is not None
@@ -83,7 +86,7 @@ class Meter:
         row |= self._price(ex, model, usage, usage_source, outcome, parsed.provider_cost_usd)
         if outcome == "error" and not row["error"]:
             row["error"] = parsed.error or (f"HTTP {ex.status}" if ex.status else "no response")
-        return Record("calls", _scrub(row, ex.secrets))
+        return Record("calls", self.storage.finish("calls", row, ex, request_body, parsed))
 
     def unreadable(self, ex: Exchange, problem: Exception) -> Record:
         """A row for a call the meter failed on: recorded, flagged, never dropped."""
@@ -93,7 +96,7 @@ class Meter:
             "outcome": _outcome(ex, None, RequestInfo()),
             "cost_source": "unpriced",
         }
-        return Record("calls", _scrub(row, ex.secrets))
+        return Record("calls", self.storage.finish("calls", row, ex))
 
     def _common(self, ex: Exchange) -> dict[str, Any]:
         client_process = ex.client_process
@@ -190,16 +193,3 @@ def _request_body(ex: Exchange) -> bytes:
 
 def _ms(seconds: float) -> int:
     return max(round(seconds * 1000), 0)
-
-
-def _scrub(row: dict[str, Any], secrets: tuple[str, ...]) -> dict[str, Any]:
-    """Remove the request's own credentials from every stored string (an error may echo them)."""
-    if not secrets:
-        return row
-    for key, value in row.items():
-        if isinstance(value, str):
-            for secret in secrets:
-                if secret in value:
-                    value = value.replace(secret, "[REDACTED]")
-            row[key] = value
-    return row

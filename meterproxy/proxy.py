@@ -39,6 +39,8 @@ class ProxySpec:
     inject_stream_usage: bool = False
     forward: bool = False
     forward_previews: bool = False
+    store: str | None = None
+    """Storage policy (none, preview, full); None: config.toml's."""
     jsonl: bool = True
 
 
@@ -80,6 +82,7 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
             meterproxy_home=str(spec.home.root),
             meterproxy_routes=list(spec.routes),
             meterproxy_upstream_ca=str(spec.upstream_ca) if spec.upstream_ca else "",
+            meterproxy_store=spec.store or "",
             meterproxy_inject_stream_usage=spec.inject_stream_usage,
             meterproxy_forward=spec.forward,
             meterproxy_forward_previews=spec.forward_previews,

@@ -239,7 +239,7 @@ def test_no_api_key_or_auth_header_reaches_the_ledger(upstream, start_proxy, cli
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     rows = proxy.wait_rows(2)
-    assert rows[1]["outcome"] == "error" and "[REDACTED]" in rows[1]["error"]
+    assert rows[1]["outcome"] == "error" and "[REDACTED:" in rows[1]["error"]
     assert proxy.stop() == 0
     for path in proxy.home.glob("ledger.db*"):
         raw = path.read_bytes()

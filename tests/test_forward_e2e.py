@@ -262,4 +262,4 @@ def test_start_forward_flag_and_bad_settings(start_proxy, home) -> None:
     (home / "config.toml").write_text('[forward]\nendpoint = "logger.internal:8080"\n')
     bad_config = forced.cli("forward", "--status")
     assert bad_config.returncode == 1 and "Traceback" not in bad_config.stderr
-    assert "config.toml: forward.endpoint: Value error, must be an http:// or https:// URL" in bad_config.stderr
+    assert "config.toml: forward.endpoint: must be an http:// or https:// URL" in bad_config.stderr
