@@ -71,7 +71,8 @@ def synthetic_calls(count: int, end: datetime, seed: int = 6):
             session, session_left = f"sess-{n}", 40
         session_left -= 1
         roll = rng.random()
-        outcome = "ok" if roll < 0.95 else "error" if roll < 0.98 else "upstream_aborted" if roll < 0.99 else "client_aborted"
+        outcome = ("ok" if roll < 0.95 else "error" if roll < 0.98
+                   else "upstream_aborted" if roll < 0.99 else "client_aborted")
         usage = "none" if outcome != "ok" and rng.random() < 0.5 else "estimated" if rng.random() < 0.06 else "reported"
         tokens_in = 0 if usage == "none" else rng.randint(50, 20000)
         tokens_out = 0 if usage == "none" else rng.randint(10, 2000)

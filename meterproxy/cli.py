@@ -244,7 +244,7 @@ def _period(
         if month is not None:
             return month_period(month, zone, now)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint=chosen[0]) from None
+        raise click.BadParameter(str(e), param_hint=f"'{chosen[0]}'") from None
     return None
 
 

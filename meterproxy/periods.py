@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _LAST = re.compile(r"(\d+)([hdw])")
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
-MAX_LAST = {"h": 24 * 366 * 20, "d": 366 * 20, "w": 53 * 20}
 
 
 @dataclass(frozen=True)
@@ -87,14 +86,16 @@ def last_period(spec: str, zone: tzinfo, now: datetime) -> Period:
     if not match or int(match[1]) == 0:
         raise ValueError(f"expected a positive number and a unit h, d or w (24h, 7d, 2w), got {spec!r}")
     count, unit = int(match[1]), match[2]
-    if count > MAX_LAST[unit]:
-        raise ValueError(f"{spec!r} reaches too far back")
     end = now.astimezone(zone)
-    if unit == "h":
-        start = (end.astimezone(UTC) - timedelta(hours=count)).astimezone(zone)
-    else:
-        # Calendar arithmetic on the wall clock: 7 local days, whatever DST does in between.
-        start = (end.replace(tzinfo=None) - timedelta(days=count * (7 if unit == "w" else 1))).replace(tzinfo=zone)
+    try:
+        if unit == "h":
+            start = (end.astimezone(UTC) - timedelta(hours=count)).astimezone(zone)
+        else:
+            # Calendar arithmetic on the wall clock: 7 local days, whatever DST does in between.
+            days = timedelta(days=count * (7 if unit == "w" else 1))
+            start = (end.replace(tzinfo=None) - days).replace(tzinfo=zone)
+    except OverflowError:
+        raise ValueError(f"{spec!r} reaches back before the year 1") from None
     return Period(start, end, zone, f"last {count}{unit}")
 
 

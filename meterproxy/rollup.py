@@ -96,7 +96,9 @@ def create(db: Database) -> None:
         keys = _keys(table, "")
         key_columns = ", ".join(f"{k} TEXT NOT NULL" for k in keys)
         sum_columns = ", ".join(f"{c} INTEGER NOT NULL" for c in SUMS)
-        db.execute(f"CREATE TABLE {table} ({key_columns}, {sum_columns}, PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID")
+        db.execute(
+            f"CREATE TABLE {table} ({key_columns}, {sum_columns}, PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID"
+        )
     rebuild(db)
     adds = " ".join(_add(t, "NEW.") for t in BUCKETS)
     subtracts = " ".join(_subtract(t, "OLD.") for t in BUCKETS)
