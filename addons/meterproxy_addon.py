@@ -5,6 +5,7 @@ The same addon as ``meterproxy start``. Options (``--set NAME=VALUE``): ``meterp
 ``meterproxy_store`` (none, preview, full), ``meterproxy_inject_stream_usage`` (true/false),
 ``meterproxy_forward`` and ``meterproxy_forward_previews`` (receipts to LockN Logger; the
 ``LOCKN_LOGGER_*`` variables and config.toml's ``[forward]`` apply too).
+``meterproxy_jsonl`` (false: no JSONL mirror).
 Unless ``confdir`` is set, mitmproxy uses the meterproxy home's ``certs/`` as its CA store.
 mitmdump prints each flow's URL (query string included) itself, unredacted:
 ``--set flow_detail=0`` keeps that off the terminal.

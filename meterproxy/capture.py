@@ -40,6 +40,7 @@ from meterproxy.exchange import Abort, Exchange, new_id
 from meterproxy.forward import Forwarding, Sender, attach
 from meterproxy.home import STORE_POLICIES, Config, Home
 from meterproxy.meter import Meter
+from meterproxy.mirror import JsonlMirror
 from meterproxy.pricing import PriceTable
 from meterproxy.providers import PROVIDERS
 from meterproxy.redact import Redactor, redact_logs
@@ -126,13 +127,17 @@ class MeterAddon:
             "meterproxy_forward_previews", bool, False,
             "Put the stored, redacted previews in forwarded receipts (with the storage policy full).",
         )
+        loader.add_option(
+            "meterproxy_jsonl", bool, True,
+            "Mirror every call to logs/YYYY-MM-DD.jsonl in the meterproxy home (also [logs] jsonl).",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "meterproxy_inject_stream_usage" in updated:
             self.inject_stream_usage = ctx.options.meterproxy_inject_stream_usage
         if not {
             "meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca",
-            "meterproxy_forward", "meterproxy_forward_previews", "meterproxy_store",
+            "meterproxy_forward", "meterproxy_forward_previews", "meterproxy_store", "meterproxy_jsonl",
         } & updated:
             return
         try:
@@ -148,6 +153,8 @@ class MeterAddon:
                 store_policy=storage.policy,
             )
             writer = LedgerWriter(home.ledger, meter)
+            if ctx.options.meterproxy_jsonl and config.logs.jsonl:
+                writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
             sender = attach(writer, home, forwarding)
             writer.start()
             tokens.preload()

@@ -14,25 +14,32 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from time import sleep
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from meterproxy import __version__
+from meterproxy.archive import archive, archive_files, pending
 from meterproxy.clientenv import client_environment, export_lines
 from meterproxy.errors import MeterproxyError
 from meterproxy.forward import Forwarding, Sender, outbox_bodies, outbox_status
 from meterproxy.home import STORE_POLICIES, Home
-from meterproxy.ledger import connect, iso_utc, recent_calls
+from meterproxy.ledger import connect, iso_utc
+from meterproxy.periods import Period, day_period, last_period, month_period, range_period, zone_named
 from meterproxy.priceimport import import_litellm
 from meterproxy.pricing import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates, at_utc
-from meterproxy.report import Period, summarize
+from meterproxy.query import FILTERS, Filters, last_rowid, list_calls
+from meterproxy.render import (
+    CALL_LINE_HEADER, budget_warnings, call_line, calls_table, local_time, report_csv, report_notes, report_table,
+)
+from meterproxy.report import BY, Query, WhatIf, full_report
 from meterproxy.reprice import ModelChange, reprice, usd
-from meterproxy.usage import TOKEN_FIELDS
 
 
 def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,11 +93,12 @@ def cli() -> None:
               help="Forward receipts to LockN Logger [default: on when LOCKN_LOGGER_ENDPOINT or [forward] endpoint is set]")
 @click.option("--forward-previews", is_flag=True,
               help="Put the stored, redacted previews in receipts (only with the storage policy full).")
+@click.option("--no-jsonl", is_flag=True, help="Do not mirror calls to logs/YYYY-MM-DD.jsonl.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every metered call.")
 def start(
     home: Home, host: str | None, port: int | None, routes: tuple[str, ...],
     upstream_ca: Path | None, grace: float, store: str | None, inject_stream_usage: bool, forward: bool,
-    forward_previews: bool, verbose: bool,
+    forward_previews: bool, no_jsonl: bool, verbose: bool,
 ) -> None:
     """Run the metering proxy in the foreground."""
     from meterproxy.proxy import ProxySpec, serve
@@ -113,6 +121,7 @@ def start(
         inject_stream_usage=inject_stream_usage,
         forward=forward,
         forward_previews=forward_previews,
+        jsonl=not no_jsonl,
     )
 
     def ready(listen_host: str, listen_port: int) -> None:
@@ -161,63 +170,197 @@ def run(home: Home, agent: str | None, host: str | None, port: int | None, comma
     sys.exit(result.returncode if result.returncode >= 0 else 128 - result.returncode)
 
 
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--agent``, ``--model``... (repeatable; globs allowed), passed as ``filters``."""
+    for name in reversed(FILTERS):
+        command = click.option(
+            f"--{name}", f"filter_{name}", multiple=True, metavar=name.upper(),
+            help=f"Only calls of this {name} (repeatable; * and ? match like a shell glob).",
+        )(command)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        values = {name: tuple(kwargs.pop(f"filter_{name}")) for name in FILTERS}
+        return command(filters=Filters(**values), **kwargs)
+
+    return wrapper
+
+
+def period_options(today_by_default: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The period and zone options, passed as ``period`` (when none is given: today, or None)."""
+    return functools.partial(_add_period_options, today_by_default=today_by_default)
+
+
+def _add_period_options(command: Callable[..., Any], today_by_default: bool) -> Callable[..., Any]:
+    options = [
+        click.option("--today", is_flag=True, help="Since local midnight."),
+        click.option("--yesterday", is_flag=True, help="The day before today."),
+        click.option("--last", metavar="N{h|d|w}", help="The last 24h, 7d, 2w... up to now."),
+        click.option("--from", "from_", metavar="DATE", help="From YYYY-MM-DD (local midnight) or a date-time."),
+        click.option("--to", metavar="DATE", help="To the end of YYYY-MM-DD, or a date-time (exclusive)."),
+        click.option("--month", is_flag=False, flag_value="", metavar="[YYYY-MM]",
+                     help="A calendar month (default: this one)."),
+        click.option("--tz", metavar="ZONE", help="Time zone for days and months, e.g. Europe/Paris [default: local]."),
+        click.option("--utc", is_flag=True, help="Days and months in UTC."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        names = ("today", "yesterday", "last", "from_", "to", "month", "tz", "utc")
+        values = {name: kwargs.pop(name) for name in names}
+        return command(period=_period(**values, now=datetime.now(UTC), today_by_default=today_by_default), **kwargs)
+
+    return wrapper
+
+
+def _period(
+    today: bool, yesterday: bool, last: str | None, from_: str | None, to: str | None, month: str | None,
+    tz: str | None, utc: bool, now: datetime, today_by_default: bool,
+) -> Period | None:
+    if tz and utc:
+        raise click.UsageError("--tz and --utc cannot be used together")
+    chosen = [name for name, given in (
+        ("--today", today), ("--yesterday", yesterday), ("--last", last is not None),
+        ("--from/--to", from_ is not None or to is not None), ("--month", month is not None),
+    ) if given]
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one period, not {' and '.join(chosen)}")
+    try:
+        zone = zone_named(tz, utc)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--tz'") from None
+    local_day = now.astimezone(zone).date()
+    try:
+        if today or (today_by_default and not chosen):
+            return day_period(local_day, zone, "today")
+        if yesterday:
+            return day_period(local_day - timedelta(days=1), zone, "yesterday")
+        if last is not None:
+            return last_period(last, zone, now)
+        if from_ is not None or to is not None:
+            return range_period(from_, to, zone, now)
+        if month is not None:
+            return month_period(month, zone, now)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=f"'{chosen[0]}'") from None
+    return None
+
+
 @cli.command()
 @home_option
+@period_options(today_by_default=False)
+@filter_options
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of ledger rows.")
-def calls(home: Home, limit: int, as_json: bool) -> None:
-    """List the newest calls."""
-    rows = recent_calls(_ledger(home), limit)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"Newest {len(rows)} calls", title_justify="left")
-    for name, justify in (
-        ("started", "left"), ("agent", "left"), ("provider", "left"), ("model", "left"),
-        ("input", "right"), ("output", "right"), ("cache r/w", "right"), ("cost $", "right"),
-        ("outcome", "left"), ("ms", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+@click.option("-f", "--follow", is_flag=True, help="Then print new calls as the proxy records them (Ctrl-C stops).")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="Seconds between looks at the ledger with --follow.")
+@click.option("--json", "as_json", is_flag=True,
+              help="A JSON array of ledger rows (with --follow: one JSON object per line).")
+def calls(
+    home: Home, period: Period | None, filters: Filters, limit: int, follow: bool, interval: float, as_json: bool
+) -> None:
+    """List the newest calls, or follow new ones as they are recorded."""
+    db = _ledger(home)
+    bounds = (period.start, period.end) if period else (None, None)
+    newest = last_rowid(db)
+    rows = list_calls(db, filters, *bounds, limit=limit, upto_rowid=newest)
     for row in rows:
-        table.add_row(
-            _local_time(row["started_at"]),
-            row["agent"] or "",
-            row["provider"] or "",
-            row["model"] or row["request_model"] or "?",
-            _tokens(row, "input_tokens"),
-            _tokens(row, "output_tokens"),
-            f"{row['cache_read_tokens'] or 0:,}/{row['cache_write_tokens'] or 0:,}",
-            _money(row["cost_usd"]),
-            row["outcome"] or "",
-            str(row["duration_ms"] or ""),
-        )
-    Console().print(table)
+        del row["rowid"]
+    if not follow:
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+        else:
+            _wide_console().print(calls_table(rows, f"Newest {len(rows)} calls"))
+        return
+    show = json.dumps if as_json else call_line
+    if not as_json:
+        click.echo(CALL_LINE_HEADER)
+    for row in reversed(rows):
+        click.echo(show(row))
+    while True:
+        sys.stdout.flush()
+        sleep(interval)
+        for row in list_calls(db, filters, *bounds, after_rowid=newest):
+            newest = row.pop("rowid")
+            click.echo(show(row))
 
 
 @cli.command()
 @home_option
-@click.option("--today", is_flag=True, help="Calls since local midnight (the default period).")
+@period_options(today_by_default=True)
+@filter_options
+@click.option("--by", multiple=True, type=click.Choice(BY), metavar="KEY",
+              help=f"Break down by {', '.join(BY)} (default: model); a second --by nests.")
+@click.option("--top", type=click.IntRange(min=1), metavar="N", help="Only the N biggest groups (the rest summed).")
+@click.option("--what-if", metavar="MODEL", help="Also price the same calls at MODEL's rates.")
+@click.option("--include-archive", is_flag=True, help="Include calls moved to archive/ by meterproxy archive.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def report(home: Home, today: bool, as_json: bool) -> None:
-    """What was spent, on which models."""
-    data = summarize(_ledger(home), Period.today(), by="model")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the report as CSV.")
+def report(
+    home: Home, period: Period, filters: Filters, by: tuple[str, ...], top: int | None,
+    what_if: str | None, include_archive: bool, as_json: bool, as_csv: bool,
+) -> None:
+    """What was spent, on what, by whom (default: today, by model)."""
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    if len(set(by)) < len(by):
+        raise click.BadParameter("each key may be given once", param_hint="'--by'")
+    budgets = home.ensure().load_config().budgets
+    query = Query(period, by or ("model",), filters, top, _what_if(home, what_if) if what_if else None)
+    dbs = [_ledger(home)]
+    if include_archive:
+        dbs += [connect(path) for path in archive_files(home.archive, period.start, period.end)]
+    data = full_report(dbs, query, datetime.now(UTC), budgets.daily_usd, budgets.monthly_usd, budgets.warn_at)
     if as_json:
         click.echo(json.dumps(data, indent=2))
+    elif as_csv:
+        click.echo(report_csv(data), nl=False)
+    else:
+        _wide_console().print(report_table(data))
+        click.echo("\n".join(report_notes(data)))
+    for line in budget_warnings(data):
+        click.echo(line, err=True)
+
+
+def _what_if(home: Home, model: str) -> WhatIf:
+    table = PriceTable.load(home.pricing_file)
+    match = table.lookup("", model)
+    if match is None:
+        near = table.suggestions(model)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise click.BadParameter(f"no price for model {model!r}{hint}", param_hint="'--what-if'")
+    return WhatIf(model, table, match)
+
+
+@cli.command("archive")
+@home_option
+@click.option("--older-than", required=True, metavar="AGE", help="Move calls started more than AGE ago (90d, 12w...).")
+@click.option("--dry-run", is_flag=True, help="Only say what would move.")
+def archive_command(home: Home, older_than: str, dry_run: bool) -> None:
+    """Move old calls into archive/YYYY-MM.db (reports read them with --include-archive)."""
+    try:
+        cutoff = last_period(older_than, UTC, datetime.now(UTC)).start
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--older-than'") from None
+    db = _ledger(home)
+    plan = pending(db, cutoff)
+    total = sum(sum(counts.values()) for counts in plan.values())
+    verb = "would move" if dry_run else "moving"
+    click.echo(f"Calls started before {cutoff.isoformat(timespec='seconds')}: {total:,} rows")
+    for month, counts in plan.items():
+        click.echo(f"  {month}: {counts['calls']:,} calls, {counts['api_calls']:,} api calls "
+                   f"{verb} to {home.archive / f'{month}.db'}")
+    if dry_run or not total:
         return
-    table = Table(title=f"Spend {data['from'][:16]} to {data['to'][:16]}", title_justify="left")
-    table.add_column("model")
-    for name in ("calls", *TOKEN_FIELDS, "cost $", "unpriced"):
-        table.add_column(name.replace("_tokens", ""), justify="right")
-    for group in data["groups"]:
-        table.add_row(str(group["key"]), *_report_cells(group))
-    table.add_section()
-    table.add_row("total", *_report_cells(data["totals"]), style="bold")
-    Console().print(table)
-    if data["totals"]["unpriced_calls"]:
-        click.echo(
-            f"warning: {data['totals']['unpriced_calls']} calls have no price and are not in the cost total",
-            err=True,
-        )
+    with Progress(
+        TextColumn("archiving"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as progress:
+        task = progress.add_task("archive", total=total)
+        archive(db, home.archive, cutoff, lambda count: progress.advance(task, count))
+    click.echo(f"Archived {total:,} rows.")
 
 
 @cli.command()
@@ -322,7 +465,7 @@ def pricing_check(home: Home, file: Path | None) -> None:
     for name in ("provider", "model", "calls", "first call", "last call"):
         out.add_column(name, justify="right" if name == "calls" else "left")
     for provider, name, count, first, last in missing:
-        out.add_row(provider or "", name or "(no model name)", f"{count:,}", _local_time(first), _local_time(last))
+        out.add_row(provider or "", name or "(no model name)", f"{count:,}", local_time(first), local_time(last))
     _wide_console().print(out)
 
 
@@ -424,8 +567,8 @@ def reprice_command(
 
 
 def _wide_console() -> Console:
-    """A console that does not squeeze tables to 80 columns when the output is not a terminal."""
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    """The terminal's width on a terminal; piped, wide enough that no cell is cut."""
+    return Console() if sys.stdout.isatty() else Console(width=400)
 
 
 def _change_cells(change: ModelChange) -> list[str]:
@@ -454,30 +597,8 @@ def _when(text: str, end_of_day: bool = False) -> datetime:
     return moment if moment.tzinfo else moment.astimezone()
 
 
-def _report_cells(row: dict[str, Any]) -> list[str]:
-    return [
-        f"{row['calls']:,}",
-        *(f"{row[f]:,}" for f in TOKEN_FIELDS),
-        _money(row["cost_usd"]),
-        str(row["unpriced_calls"]),
-    ]
-
-
 def _ledger(home: Home):
     return connect(home.ensure().ledger)
-
-
-def _tokens(row: dict[str, Any], name: str) -> str:
-    text = f"{row[name] or 0:,}"
-    return text + "~" if row["usage_source"] == "estimated" else text + ("?" if row["usage_source"] == "none" else "")
-
-
-def _money(value: float | None) -> str:
-    return "unpriced" if value is None else f"{value:.4f}"
-
-
-def _local_time(iso: str) -> str:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -498,6 +619,10 @@ def main() -> None:
     except click.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        command = e.ctx.command_path if e.ctx else "meterproxy"
+        click.echo(f"{command}: error: {e.format_message()} (see {command} --help)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -509,3 +634,7 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, without a second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

@@ -1,7 +1,8 @@
 """The meterproxy home directory and its optional ``config.toml``.
 
 ``METERPROXY_HOME`` (default ``~/.meterproxy``) holds ``certs/`` (the mitmproxy confdir),
-``ledger.db`` and ``config.toml``. Every command takes ``--home DIR`` to point elsewhere.
+``ledger.db``, ``config.toml``, ``logs/`` (the JSONL mirror) and ``archive/`` (old calls).
+Every command takes ``--home DIR`` to point elsewhere.
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ class ForwardSettings(_Section):
         return value
 
 
+class Budgets(_Section):
+    """Spend limits in USD; reports warn from ``warn_at`` (a fraction) of a budget."""
+
+    daily_usd: float | None = Field(default=None, gt=0)
+    monthly_usd: float | None = Field(default=None, gt=0)
+    warn_at: float = Field(default=0.8, gt=0, le=1)
+
+
+class LogSettings(_Section):
+    jsonl: bool = True
+    """Mirror every call to ``logs/YYYY-MM-DD.jsonl``."""
+
+
 class Config(_Section):
     """The schema of ``config.toml``; unknown keys are errors, so typos never pass silently."""
 
@@ -97,6 +111,8 @@ class Config(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     redact: RedactSettings = Field(default_factory=RedactSettings)
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
+    budgets: Budgets = Field(default_factory=Budgets)
+    logs: LogSettings = Field(default_factory=LogSettings)
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,14 @@ class Home:
     def pricing_file(self) -> Path:
         """The user's prices; they replace or extend the bundled ``pricing.toml``."""
         return self.root / "pricing.toml"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def archive(self) -> Path:
+        return self.root / "archive"
 
     @property
     def config_file(self) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from meterproxy import rollup
 from meterproxy.errors import MeterproxyError
 
 migrations = Migrations("meterproxy")
@@ -122,6 +123,19 @@ def m002_outbox(db: Database) -> None:
     db["outbox"].create_index(["state", "next_attempt_at"])
 
 
+@migrations()
+def m003_aggregates(db: Database) -> None:
+    """Hourly and daily aggregates kept by triggers (fast reports), and an index for session reports."""
+    rollup.create(db)
+    db["calls"].create_index(["session", "started_at"])
+
+
+@migrations()
+def m004_daily_views(db: Database) -> None:
+    """Views for Datasette: daily cost by agent and by model."""
+    rollup.create_views(db)
+
+
 def iso_utc(timestamp: float) -> str:
     """Epoch seconds as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -154,13 +168,3 @@ def insert_rows(db: Database, table: str, rows: Iterable[Mapping[str, Any]]) -> 
 
 LISTED_COLUMNS = [c for c, kind in CALL_COLUMNS.items() if kind is not bytes]
 """Every column but the stored bodies (``meterproxy calls`` output)."""
-
-
-def recent_calls(db: Database, limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` calls, newest first."""
-    cursor = db.execute(
-        f"SELECT {', '.join(LISTED_COLUMNS)} FROM calls ORDER BY started_at DESC, id DESC LIMIT ?",
-        [limit],
-    )
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]

@@ -41,6 +41,7 @@ class ProxySpec:
     forward_previews: bool = False
     store: str | None = None
     """Storage policy (none, preview, full); None: config.toml's."""
+    jsonl: bool = True
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -85,6 +86,7 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
             meterproxy_inject_stream_usage=spec.inject_stream_usage,
             meterproxy_forward=spec.forward,
             meterproxy_forward_previews=spec.forward_previews,
+            meterproxy_jsonl=spec.jsonl,
         )
     except exceptions.OptionsError as e:
         raise MeterproxyError(str(e)) from e
