@@ -1,9 +1,9 @@
 """The background writer: the only place the proxy touches the disk.
 
 The proxy's hooks hand over exchanges with :meth:`LedgerWriter.submit` (a non-blocking queue
-put). A single thread turns them into rows (:class:`meterproxy.meter.Meter`) and writes them
-in batches, one transaction per batch. :meth:`LedgerWriter.close` writes everything still
-queued before it returns.
+put). A single thread turns each into a row (:class:`meterproxy.meter.Meter`) as it arrives
+and commits the rows in batches, at most ``LINGER`` seconds after the first of a batch.
+:meth:`LedgerWriter.close` writes everything still queued before it returns.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ log = logging.getLogger("meterproxy")
 
 BATCH_MAX = 500
 LINGER = 0.2
-"""Seconds the writer waits after a call arrives, so that calls close together share one wake-up
-of this thread and one transaction: the proxy's event loop loses the GIL less often."""
+"""Seconds a metered call may wait for its transaction: calls close together share one commit
+(a commit per call cost more than metering it)."""
 _STOP = object()
 
 
@@ -66,25 +66,30 @@ class LedgerWriter:
 
     def _run(self) -> None:
         db = connect(self.ledger_path)
+        records: list[Record] = []
+        flush_at = 0.0
         stopping = False
         while not stopping:
-            batch = [self._queue.get()]
-            if batch[0] is not _STOP and self._queue.qsize() < BATCH_MAX:
-                time.sleep(LINGER)
-            while len(batch) < BATCH_MAX:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if _STOP in batch:
-                stopping = True
-            exchanges = [item for item in batch if isinstance(item, Exchange)]
-            records = [r for r in map(self._record, exchanges) if r is not None]
+            wait = max(flush_at - time.monotonic(), 0) if records else None
             try:
-                self._write(db, records)
-            except Exception:
-                log.exception("could not write %d calls to %s", len(records), self.ledger_path)
-                self.failed += len(records)
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                stopping = True
+            elif isinstance(item, Exchange) and (record := self._record(item)) is not None:
+                # Metered as it arrives: the event loop loses the GIL in short, even slices,
+                # never for a whole batch (which delayed the calls it overlapped by milliseconds).
+                if not records:
+                    flush_at = time.monotonic() + LINGER
+                records.append(record)
+            if records and (stopping or len(records) >= BATCH_MAX or time.monotonic() >= flush_at):
+                try:
+                    self._write(db, records)
+                except Exception:
+                    log.exception("could not write %d calls to %s", len(records), self.ledger_path)
+                    self.failed += len(records)
+                records = []
         db.close()
 
     def _record(self, exchange: Exchange) -> Record | None:
