@@ -156,14 +156,21 @@ def connect(path: Path) -> Database:
 
 
 def insert_rows(db: Database, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Insert rows (missing keys are NULL); a row whose id is already stored is skipped."""
+    """Insert rows (missing keys are NULL); a row whose id is already stored is skipped.
+
+    Many rows per statement, not one: every statement releases and retakes the GIL, and in the
+    proxy, where the event loop holds it, each retake forces a thread switch.
+    """
     rows = list(rows)
     if not rows:
         return
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    placeholders = ", ".join("?" for _ in columns)
-    sql = f"INSERT OR IGNORE INTO [{table}] ({', '.join(columns)}) VALUES ({placeholders})"
-    db.conn.executemany(sql, [tuple(row.get(c) for c in columns) for row in rows])
+    one_row = f"({', '.join('?' * len(columns))})"
+    per_statement = max(db.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns), 1)
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        sql = f"INSERT OR IGNORE INTO [{table}] ({', '.join(columns)}) VALUES {', '.join([one_row] * len(chunk))}"
+        db.conn.execute(sql, [row.get(c) for row in chunk for c in columns])
 
 
 LISTED_COLUMNS = [c for c, kind in CALL_COLUMNS.items() if kind is not bytes]
