@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import socket
 import sqlite3
 import ssl
@@ -329,11 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--quick", action="store_const", const="quick", dest="mode", help="seconds-long smoke run")
     which.add_argument("--full", action="store_const", const="full", dest="mode", help="the real run (minutes)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where results go")
-    parser.add_argument("--store", help="meterproxy's storage policy (default: its own default)")
+    parser.add_argument("--meterproxy-args", default="", metavar="ARGS",
+                        help='more options for meterproxy start, e.g. "--store none --no-jsonl"')
     args = parser.parse_args(argv)
     mode = MODES[args.mode or "quick"]
     with tempfile.TemporaryDirectory(prefix="meterproxy-bench-") as work:
-        result = asyncio.run(run(mode, Path(work), ["--store", args.store] if args.store else []))
+        result = asyncio.run(run(mode, Path(work), shlex.split(args.meterproxy_args)))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "latest" if mode.name == "full" else "quick"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
