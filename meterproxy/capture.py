@@ -289,7 +289,8 @@ class MeterAddon:
         if state is None:
             response.stream = True  # unmetered: pass through unbuffered
             return
-        state.tap = ResponseTap(response.headers.get("content-encoding", ""))
+        headers = response.headers
+        state.tap = ResponseTap.for_response(headers.get("content-type", ""), headers.get("content-encoding", ""))
         response.stream = state.tap
         if state.strip_usage:
             self._strip_usage(state, response)

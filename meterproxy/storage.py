@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,9 @@ SAFE_FIELDS = frozenset({
 group by them exactly. Every other string column is redacted."""
 
 _COMPRESSOR_LEVEL = 3
+PREVIEW_MARGIN = 16_384
+"""Characters redacted past a preview's cut, so a secret that straddles the cut (PEM keys are
+the longest) is still recognized; text beyond that is never shown and never redacted."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +112,9 @@ class Storage:
             response, text = _stored_response(body, content_type, call)
             content["response_body"] = _compress(response) if body.size else None
         else:
-            text = _response_text(body, content_type, call)
+            text = _response_text(body, content_type, call, self.preview_chars + PREVIEW_MARGIN)
         if not text and parsed is not None and parsed.output_text:
-            text = "".join(call.pieces(parsed.output_text))
+            text = "".join(call.pieces(_first_chars(parsed.output_text, self.preview_chars + PREVIEW_MARGIN)))
         content["response_preview"] = self._preview(text) if text else None
         return content
 
@@ -181,14 +185,29 @@ def _json_text(data: str) -> Any:
         return data
 
 
-def _response_text(body: Body, content_type: str, call: CallRedaction) -> str:
-    """The generated text of a response, redacted (stream deltas joined before redaction)."""
+def _response_text(body: Body, content_type: str, call: CallRedaction, chars: int) -> str:
+    """The first ``chars`` or so of a response's generated text, redacted (stream deltas
+    joined before redaction)."""
     events = _events(body, content_type)
     if events is not None:
-        return "".join(call.pieces([container[key] for _, data in events for container, key in stream_slots(data)]))
-    data = body.complete_bytes
-    decoded = _json(data) if data is not None else None
-    return "\n".join(call.text(container[key]) for container, key in response_slots(decoded))
+        texts = (container[key] for _, data in events for container, key in stream_slots(data))
+    else:
+        data = body.complete_bytes
+        decoded = _json(data) if data is not None else None
+        texts = (f"\n{container[key]}" if i else container[key]
+                 for i, (container, key) in enumerate(response_slots(decoded)))
+    return "".join(call.pieces(_first_chars(texts, chars)))
+
+
+def _first_chars(texts: Iterable[str], chars: int) -> list[str]:
+    """Leading pieces of ``texts`` holding at least ``chars`` characters, the last one cut."""
+    pieces: list[str] = []
+    for text in texts:
+        pieces.append(text[:chars])
+        chars -= len(pieces[-1])
+        if chars <= 0:
+            break
+    return pieces
 
 
 def _stored_response(body: Body, content_type: str, call: CallRedaction) -> tuple[str, str]:

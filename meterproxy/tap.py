@@ -21,7 +21,11 @@ import brotli
 import zstandard
 
 HEAD_LIMIT = 8 * 1024 * 1024
+"""Bytes kept from the start of a JSON body: one up to head + tail is parsed whole."""
+STREAM_HEAD_LIMIT = 1024 * 1024
+"""Bytes kept from the start of a stream: its usage is in the first events or the last."""
 TAIL_LIMIT = 1024 * 1024
+STREAM_TYPES = ("text/event-stream", "ndjson", "jsonl")
 
 
 @dataclass(slots=True)
@@ -98,6 +102,12 @@ def decode_body(data: bytes, content_encoding: str) -> bytes:
 
 class ResponseTap:
     """A ``flow.response.stream`` callable that keeps a bounded, decoded copy of the body."""
+
+    @classmethod
+    def for_response(cls, content_type: str, content_encoding: str) -> ResponseTap:
+        """A tap sized for the body's type: a long stream keeps less of its head than JSON."""
+        streamed = any(kind in content_type for kind in STREAM_TYPES)
+        return cls(content_encoding, STREAM_HEAD_LIMIT if streamed else HEAD_LIMIT)
 
     __slots__ = (
         "_decoders", "_head", "_head_size", "_tail", "_tail_size", "_head_limit",

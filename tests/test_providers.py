@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from meterproxy.providers import PROVIDERS, get_provider
 from meterproxy.routes import BUILTIN_ROUTES, RouteTable
-from meterproxy.tap import Body, ResponseTap
+from meterproxy.tap import STREAM_HEAD_LIMIT, Body, ResponseTap
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STREAMS = sorted(
@@ -233,6 +233,23 @@ def test_truncated_gemini_array_stream_reads_usage_from_its_tail() -> None:
     )
     assert parsed.usage is not None and parsed.usage.output_tokens == 18 + 984
     assert parsed.complete
+
+
+def test_a_long_stream_keeps_less_of_its_head_than_a_json_body() -> None:
+    """Usage sits in a stream's first or last events; a JSON body is parsed whole up to its limit."""
+    event = b'data: {"choices": [{"delta": {"content": "' + b"x" * 4000 + b'"}}]}\n\n'
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 7}}\n\ndata: [DONE]\n\n'
+    stream = ResponseTap.for_response("text/event-stream; charset=utf-8", "")
+    json_body = ResponseTap.for_response("application/json", "")
+    for _ in range(1000):  # 4 MB
+        stream(event)
+        json_body(event)
+    stream(usage)
+    stream(b"")
+    body = stream.body()
+    assert body.truncated and len(body.head) == STREAM_HEAD_LIMIT and not json_body.body().truncated
+    parsed = get_provider("openai").parse_response("/v1/chat/completions", body, "text/event-stream")
+    assert parsed.usage is not None and (parsed.usage.input_tokens, parsed.usage.output_tokens) == (3, 7)
 
 
 def test_errors_inside_bodies_are_errors() -> None:

@@ -220,6 +220,22 @@ def test_previews_are_cut_but_never_through_a_placeholder() -> None:
     assert row["request_preview"] == "y" * 19 + "…"
 
 
+def test_a_long_streamed_answer_is_redacted_only_as_far_as_its_preview_shows() -> None:
+    text = "word " * 200_000  # 1 MB of deltas: only the preview's first characters are read
+    events = [chat_chunk(text[i:i + 100]) for i in range(0, len(text), 100)]
+    events[1]["choices"][0]["delta"]["content"] = f"key {KEY} "
+    events[-1]["choices"][0]["delta"]["content"] = "mail zed@example.com"
+    row = store(exchange({"messages": []}, sse(*events), "text/event-stream"), "preview", preview_chars=150)
+    assert row["response_preview"].startswith("word " * 20 + "key [REDACTED:openai_key] word")
+    assert len(row["response_preview"]) == 150 and row["redactions"] == 1
+
+
+def test_a_secret_across_the_preview_cut_is_still_redacted() -> None:
+    events = [chat_chunk("x" * 95 + " "), chat_chunk(KEY[:10]), chat_chunk(KEY[10:] + " tail")]
+    row = store(exchange({"messages": []}, sse(*events), "text/event-stream"), "preview", preview_chars=100)
+    assert KEY[:5] not in row["response_preview"] and row["redactions"] == 1
+
+
 def test_extra_patterns_apply_to_stored_content() -> None:
     storage = Storage("preview", redactor=Redactor({"employee_id": r"EMP-\d{6}"}))
     row = storage.finish("calls", {}, exchange({"input": "EMP-123456 asked"}, b"{}"), b'{"input": "EMP-123456 asked"}')
