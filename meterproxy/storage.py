@@ -191,12 +191,11 @@ def _response_text(body: Body, content_type: str, call: CallRedaction, chars: in
     events = _events(body, content_type)
     if events is not None:
         texts = (container[key] for _, data in events for container, key in stream_slots(data))
-    else:
-        data = body.complete_bytes
-        decoded = _json(data) if data is not None else None
-        texts = (f"\n{container[key]}" if i else container[key]
-                 for i, (container, key) in enumerate(response_slots(decoded)))
-    return "".join(call.pieces(_first_chars(texts, chars)))
+        return "".join(call.pieces(_first_chars(texts, chars)))
+    data = body.complete_bytes
+    decoded = _json(data) if data is not None else None
+    texts = (container[key] for container, key in response_slots(decoded))
+    return "\n".join(call.text(text) for text in _first_chars(texts, chars))
 
 
 def _first_chars(texts: Iterable[str], chars: int) -> list[str]:
