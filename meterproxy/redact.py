@@ -678,7 +678,7 @@ _MEMO_MAX_CHARS = 256
 
 
 class TextCache:
-    """Redactions of long strings, kept across calls, least recently used dropped first.
+    """Redactions of strings, kept across calls, least recently used dropped first.
 
     Agents resend their whole conversation with every call: in ``full`` storage, each earlier
     message is redacted once, not once per call. Holds at most ``max_chars`` characters.
@@ -712,7 +712,8 @@ class CallRedaction:
 
     Short strings repeat in a call (ids, model names, roles in every stream event): their
     result is remembered, so a stream of a thousand events costs little more than its text.
-    Long ones go through ``cache``, shared between calls, when one is given.
+    Every string also goes through ``cache``, shared between calls, when one is given: the
+    conversation history and the headers each call resends are redacted once.
     """
 
     def __init__(self, redactor: Redactor, secrets: Sequence[str] = (), cache: TextCache | None = None):
@@ -724,13 +725,16 @@ class CallRedaction:
 
     def text(self, value: str) -> str:
         short = len(value) <= _MEMO_MAX_CHARS
-        found = self._memo.get(value) if short else self._cache.get((value, self.secrets)) if self._cache else None
+        found = self._memo.get(value) if short else None
         if found is None:
-            found = self.redactor.redact(value, self.secrets)
+            key = (value, self.secrets)
+            found = self._cache.get(key) if self._cache is not None else None
+            if found is None:
+                found = self.redactor.redact(value, self.secrets)
+                if self._cache is not None:
+                    self._cache.put(key, found)
             if short:
                 self._memo[value] = found
-            elif self._cache is not None:
-                self._cache.put((value, self.secrets), found)
         self.count += found[1]
         return found[0]
 

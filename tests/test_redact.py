@@ -287,6 +287,15 @@ def test_log_records_are_redacted_with_their_tracebacks() -> None:
     assert "zed@example.com" not in output and OPENAI_KEY not in output
 
 
+def test_short_strings_resent_by_every_call_come_from_the_cache() -> None:
+    cache = TextCache()
+    user_agent = "agent/1.0 (zed@example.com)"
+    assert CallRedaction(REDACTOR, cache=cache).text(user_agent) == "agent/1.0 ([EMAIL])"
+    assert cache.get((user_agent, ())) == ("agent/1.0 ([EMAIL])", 1)
+    later = CallRedaction(REDACTOR, cache=cache)
+    assert later.text(user_agent) == "agent/1.0 ([EMAIL])" and later.count == 1
+
+
 def test_long_strings_are_redacted_once_across_calls() -> None:
     cache = TextCache(max_chars=3000)
     history = "earlier message from zed@example.com " * 20  # 740 characters
