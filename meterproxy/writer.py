@@ -2,7 +2,8 @@
 
 The proxy's hooks hand over exchanges with :meth:`LedgerWriter.submit` (a non-blocking queue
 put). A single thread turns them into rows (:class:`meterproxy.meter.Meter`) every ``GATHER``
-seconds and commits the rows in batches, at most ``LINGER`` seconds after the first of a batch.
+seconds and commits the rows in batches: as soon as calls stop coming, and at most ``LINGER``
+seconds after the first of a batch while they keep coming.
 :meth:`LedgerWriter.close` writes everything still queued before it returns.
 """
 
@@ -90,7 +91,8 @@ class LedgerWriter:
                     if not records:
                         commit_at = time.monotonic() + LINGER
                     records.append(record)
-            if records and (stopping or len(records) >= BATCH_MAX or time.monotonic() >= commit_at):
+            idle = not items  # nothing came during the last GATHER: commit now, no one waits
+            if records and (idle or stopping or len(records) >= BATCH_MAX or time.monotonic() >= commit_at):
                 try:
                     self._write(db, records)
                 except Exception:
