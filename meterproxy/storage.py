@@ -108,13 +108,14 @@ class Storage:
             return content | {"response_preview": None}
         content_type = ex.response_headers.get("content-type", "")
         body = ex.body()
+        shown = self.preview_chars + PREVIEW_MARGIN
         if self.policy == "full":
             response, text = _stored_response(body, content_type, call)
             content["response_body"] = _compress(response) if body.size else None
         else:
-            text = _response_text(body, content_type, call, self.preview_chars + PREVIEW_MARGIN)
+            text = _response_text(body, content_type, call, shown)
         if not text and parsed is not None and parsed.output_text:
-            text = "".join(call.pieces(_first_chars(parsed.output_text, self.preview_chars + PREVIEW_MARGIN)))
+            text = "".join(call.pieces(_first_chars(parsed.output_text, shown)))
         content["response_preview"] = self._preview(text) if text else None
         return content
 
