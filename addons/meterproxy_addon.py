@@ -11,6 +11,6 @@ mitmdump prints each flow's URL (query string included) itself, unredacted:
 ``--set flow_detail=0`` keeps that off the terminal.
 """
 
-from meterproxy.capture import MeterAddon
+from meterproxy.app.addon import MeterAddon
 
 addons = [MeterAddon()]

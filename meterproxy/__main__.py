@@ -1,3 +1,3 @@
-from meterproxy.cli import main
+from meterproxy.cli.main import main
 
 main()

@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from meterproxy.ledger import connect, insert_rows, iso_utc
+from meterproxy.ledger.db import connect, insert_rows, iso_utc
 
 
 def call(call_id: str, started_at: str | datetime, **fields: Any) -> dict[str, Any]:

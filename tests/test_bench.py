@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mitmproxy import http
 
 from bench.run import PATHS
-from meterproxy.capture import _header_values, _joined
+from meterproxy.app.addon import _header_values, _joined
 from tests.proxy_process import REPO
 
 

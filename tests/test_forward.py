@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.exchange import Exchange, new_id
-from meterproxy.forward import Forwarding, Sender, attach, build_receipt, outbox_status, wire_body
-from meterproxy.home import Config, ForwardSettings, Home
-from meterproxy.meter import Meter
-from meterproxy.pricing import PriceTable
-from meterproxy.tap import Body
-from meterproxy.writer import LedgerWriter
+from meterproxy.wire.exchange import Exchange, new_id
+from meterproxy.outbox.sender import Forwarding, Sender, attach, build_receipt, outbox_status, wire_body
+from meterproxy.config import Config, ForwardSettings, Home
+from meterproxy.meter.record import Meter
+from meterproxy.pricing.table import PriceTable
+from meterproxy.wire.tap import Body
+from meterproxy.ledger.writer import LedgerWriter
 from tests.fake_logger import Answer, FakeLogger
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -249,7 +249,7 @@ def test_400_is_kept_as_rejected_with_the_answer(meter_home: Home) -> None:
         assert row["last_status"] == 400 and "model is required" in row["response_body"]
         assert KEY not in row["response_body"]
         db = Home(meter_home.root)
-        from meterproxy.ledger import connect
+        from meterproxy.ledger.db import connect
 
         status = outbox_status(connect(db.ledger))
         assert (status["pending"], status["delivered"], status["rejected"]) == (0, 1, 1)
@@ -332,7 +332,7 @@ def test_wire_body_envelope_is_stable() -> None:
 def test_retry_after_forms() -> None:
     from email.utils import formatdate
 
-    from meterproxy.forward import _retry_after
+    from meterproxy.outbox.sender import _retry_after
 
     assert _retry_after("120") == 120
     assert _retry_after(None) is None and _retry_after("soon") is None and _retry_after("nan") is None

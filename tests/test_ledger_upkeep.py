@@ -16,8 +16,8 @@ from pathlib import Path
 
 import openai
 
-from meterproxy import rollup
-from meterproxy.ledger import connect, insert_rows
+from meterproxy.ledger import rollup
+from meterproxy.ledger.db import connect, insert_rows
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.ledger_data import call, write_ledger
 from tests.proxy_process import REPO

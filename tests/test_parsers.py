@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from meterproxy.providers import PROVIDERS, get_provider
-from meterproxy.tap import Body
+from meterproxy.wire.tap import Body
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CONTENT_TYPES = {".json": "application/json", ".sse": "text/event-stream", ".ndjson": "application/x-ndjson"}

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.exchange import Exchange
-from meterproxy.ledger import connect, insert_rows
-from meterproxy.meter import Meter
-from meterproxy.pricing import BUNDLED, NO_PRICE, PICO, PriceTable, at_utc, read_text, to_picousd
-from meterproxy.tap import Body
-from meterproxy.usage import Usage
+from meterproxy.wire.exchange import Exchange
+from meterproxy.ledger.db import connect, insert_rows
+from meterproxy.meter.record import Meter
+from meterproxy.pricing.table import BUNDLED, NO_PRICE, PICO, PriceTable, at_utc, read_text, to_picousd
+from meterproxy.wire.tap import Body
+from meterproxy.providers.usage import Usage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TABLE = PriceTable.load()
@@ -217,7 +217,7 @@ def test_bundled_table_covers_the_issue_models_at_published_prices() -> None:
 
 
 def test_every_bundled_entry_names_its_source_in_a_comment() -> None:
-    text = read_text(Path(__file__).parent.parent / "meterproxy" / "pricing.toml")
+    text = read_text(Path(__file__).parent.parent / "meterproxy" / "pricing" / "pricing.toml")
     sections = text.split("# Source: ")[1:]
     assert len(sections) == 7  # one per provider: OpenAI, Anthropic, Google, xAI, Mistral, DeepSeek, Groq
     for section in sections:

@@ -16,10 +16,10 @@ import anthropic
 import openai
 import pytest
 
-from meterproxy.ledger import connect, insert_rows
-from meterproxy.pricing import PriceTable, at_utc
-from meterproxy.reprice import reprice
-from meterproxy.usage import Usage
+from meterproxy.ledger.db import connect, insert_rows
+from meterproxy.pricing.table import PriceTable, at_utc
+from meterproxy.ledger.reprice import reprice
+from meterproxy.providers.usage import Usage
 from tests.fake_upstream import Reply
 from tests.proxy_process import REPO
 

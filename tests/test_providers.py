@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterproxy.providers import PROVIDERS, get_provider
-from meterproxy.routes import BUILTIN_ROUTES, RouteTable
-from meterproxy.tap import STREAM_HEAD_LIMIT, Body, ResponseTap
+from meterproxy.wire.routes import BUILTIN_ROUTES, RouteTable
+from meterproxy.wire.tap import STREAM_HEAD_LIMIT, Body, ResponseTap
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STREAMS = sorted(
@@ -156,7 +156,7 @@ def test_builtin_routes() -> None:
 
 
 def test_local_providers_cost_nothing() -> None:
-    from meterproxy.pricing import LOCAL_PROVIDERS
+    from meterproxy.pricing.table import LOCAL_PROVIDERS
 
     assert {"ollama", "lmstudio", "llamacpp", "vllm"} <= LOCAL_PROVIDERS
 

@@ -17,7 +17,7 @@ import pytest
 from google import genai
 from google.genai import types as genai_types
 
-from meterproxy.storage import read_body
+from meterproxy.meter.storage import read_body
 from tests.fake_logger import FakeLogger
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.secret_corpus import ANTHROPIC_KEY, CORPUS, GOOGLE_KEY, OPENAI_KEY, Planted, planted_text

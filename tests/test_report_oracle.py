@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from sqlite_utils import Database
 from hypothesis import strategies as st
 
-from meterproxy import rollup
-from meterproxy.ledger import connect, insert_rows, migrations
-from meterproxy.periods import Period
-from meterproxy.query import Filters
-from meterproxy.report import Query, summarize
+from meterproxy.ledger import rollup
+from meterproxy.ledger.db import connect, insert_rows, migrations
+from meterproxy.reports.periods import Period
+from meterproxy.reports.query import Filters
+from meterproxy.reports.report import Query, summarize
 from tests.ledger_data import call
 
 ZONES = ["America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe", "UTC"]

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from meterproxy.cli import cli
+from meterproxy.cli.main import cli
 from tests.ledger_data import call, write_ledger
 from tests.proxy_process import REPO
 
@@ -448,8 +448,8 @@ multiplier = 3
 @pytest.mark.parametrize("by", [("agent",), ("day", "model"), ("session",)])
 def test_what_if_follows_price_dates_tiers_and_peak_hours(fixed_home: Path, model: str, by: tuple[str, ...]) -> None:
     """The what-if cost of each group is what the price table charges for each of its calls."""
-    from meterproxy.pricing import PriceTable
-    from meterproxy.usage import Usage
+    from meterproxy.pricing.table import PriceTable
+    from meterproxy.providers.usage import Usage
 
     (fixed_home / "pricing.toml").write_text(PRICE_RULES)
     table = PriceTable.load(fixed_home / "pricing.toml")

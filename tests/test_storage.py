@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterproxy.exchange import Exchange
-from meterproxy.redact import Redactor
-from meterproxy.storage import Storage, read_body
-from meterproxy.tap import Body
+from meterproxy.wire.exchange import Exchange
+from meterproxy.redact.engine import Redactor
+from meterproxy.meter.storage import Storage, read_body
+from meterproxy.wire.tap import Body
 
 KEY = "sk-proj-abcDEF1234567890abcdefGHIJ"
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterproxy.providers import get_provider
-from meterproxy.streamusage import UsageChunkStripper, inject
-from meterproxy.tap import ResponseTap
+from meterproxy.wire.streamusage import UsageChunkStripper, inject
+from meterproxy.wire.tap import ResponseTap
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WITH_USAGE = (FIXTURES / "openai" / "chat_stream_usage.sse").read_bytes()

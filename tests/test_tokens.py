@@ -8,7 +8,7 @@ import math
 import pytest
 import tiktoken
 
-from meterproxy import tokens
+from meterproxy.meter import tokens
 from meterproxy.providers import get_provider
 
 

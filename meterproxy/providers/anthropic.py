@@ -1,7 +1,7 @@
 """Anthropic Messages API: JSON and SSE (also served by xAI, DeepSeek, Ollama, Azure AI Foundry
 and Vertex AI, which reuse these functions).
 
-Usage mapping (see meterproxy.usage for the rules): Anthropic's ``input_tokens`` excludes cache
+Usage mapping (see meterproxy.providers.usage for the rules): Anthropic's ``input_tokens`` excludes cache
 traffic, so input = ``input_tokens`` + ``cache_creation_input_tokens`` +
 ``cache_read_input_tokens``. ``cache_creation.ephemeral_1h_input_tokens`` is the 1-hour part of
 the cache writes. Thinking tokens are inside ``output_tokens`` and not reported apart. Server tool
@@ -30,8 +30,8 @@ from meterproxy.providers.base import (
     sse_json,
     strings,
 )
-from meterproxy.tap import Body
-from meterproxy.usage import Usage, as_count
+from meterproxy.wire.tap import Body
+from meterproxy.providers.usage import Usage, as_count
 
 OUTPUT_KEYS = frozenset({"text", "thinking", "partial_json"})
 

@@ -8,7 +8,7 @@ cached contents and model lists are API calls, not model calls. Gemini's OpenAI 
 (``/v1beta/openai/...``) and Vertex's ``/endpoints/openapi/...`` speak OpenAI's format; Claude on
 Vertex (``publishers/anthropic/...:rawPredict`` / ``:streamRawPredict``) speaks Anthropic's.
 
-Usage mapping (see meterproxy.usage): ``promptTokenCount`` already includes
+Usage mapping (see meterproxy.providers.usage): ``promptTokenCount`` already includes
 ``cachedContentTokenCount`` (the cache reads); tool-use prompts (``toolUsePromptTokenCount``,
 e.g. search results fed back) are input too. ``thoughtsTokenCount`` is NOT inside
 ``candidatesTokenCount``: output = candidates + thoughts, reasoning = thoughts. In a stream
@@ -36,8 +36,8 @@ from meterproxy.providers.base import (
 )
 from meterproxy.providers.openai import OpenAICompatible
 from meterproxy.providers.openai import parse_request as openai_request
-from meterproxy.tap import Body
-from meterproxy.usage import Usage, as_count
+from meterproxy.wire.tap import Body
+from meterproxy.providers.usage import Usage, as_count
 
 LLM_METHODS = frozenset({
     "generateContent", "streamGenerateContent", "embedContent", "batchEmbedContents", "predict",

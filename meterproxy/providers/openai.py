@@ -1,7 +1,7 @@
 """OpenAI and every host that speaks its API: Chat Completions, legacy Completions, Embeddings,
 Responses (JSON and SSE), plus the Anthropic-style ``/messages`` endpoint some of them serve.
 
-Usage mapping (see meterproxy.usage for the rules):
+Usage mapping (see meterproxy.providers.usage for the rules):
 - Chat/Completions/Embeddings: ``prompt_tokens`` (already includes
   ``prompt_tokens_details.cached_tokens``) -> input; ``completion_tokens`` (already includes
   ``completion_tokens_details.reasoning_tokens``) -> output.
@@ -46,8 +46,8 @@ from meterproxy.providers.base import (
     sse_json,
     strings,
 )
-from meterproxy.tap import Body
-from meterproxy.usage import Usage, as_count
+from meterproxy.wire.tap import Body
+from meterproxy.providers.usage import Usage, as_count
 
 LLM_SUFFIXES = (
     "/chat/completions", "/completions", "/embeddings", "/responses", "/responses/compact",

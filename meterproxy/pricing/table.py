@@ -1,7 +1,7 @@
 """Prices from ``pricing.toml``, and the exact (Decimal) cost of a call.
 
-Rates are USD per million tokens (the file format is in :mod:`meterproxy.pricefile`). The cost
-of one call, by the usage rules of :mod:`meterproxy.usage`, at the rates in force when the call
+Rates are USD per million tokens (the file format is in :mod:`meterproxy.pricing.file`). The cost
+of one call, by the usage rules of :mod:`meterproxy.providers.usage`, at the rates in force when the call
 started, in the long-context tier its input reaches:
 
     uncached input       * input
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.pricefile import ModelSpec, PeriodSpec, RatesSpec, locate, parse_text, peak_window, utc_start
-from meterproxy.usage import Usage
+from meterproxy.pricing.file import ModelSpec, PeriodSpec, RatesSpec, locate, parse_text, peak_window, utc_start
+from meterproxy.providers.usage import Usage
 
 MILLION = Decimal(1_000_000)
 PICO = Decimal("1e-12")
@@ -230,7 +230,7 @@ class PriceTable:
     @classmethod
     def load(cls, user_file: Path | None = None) -> PriceTable:
         """The bundled prices, then ``user_file`` if it exists."""
-        bundled = resources.files("meterproxy").joinpath("pricing.toml").read_text(encoding="utf-8")
+        bundled = resources.files("meterproxy.pricing").joinpath("pricing.toml").read_text(encoding="utf-8")
         sources = [(BUNDLED, bundled)]
         if user_file is not None and user_file.exists():
             sources.append((str(user_file), read_text(user_file)))

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal
 
-from meterproxy.tap import Body, ResponseTap
+from meterproxy.wire.tap import Body, ResponseTap
 
 Abort = Literal["client", "upstream"]
 

@@ -12,15 +12,15 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from meterproxy import tokens
-from meterproxy.exchange import Exchange
-from meterproxy.ledger import iso_utc
-from meterproxy.pricing import NO_PRICE, PriceTable, at_utc
+from meterproxy.meter import tokens
+from meterproxy.wire.exchange import Exchange
+from meterproxy.ledger.db import iso_utc
+from meterproxy.pricing.table import NO_PRICE, PriceTable, at_utc
 from meterproxy.providers import get_provider
 from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo
-from meterproxy.storage import Storage
-from meterproxy.tap import decode_body
-from meterproxy.usage import Usage, UsageSource
+from meterproxy.meter.storage import Storage
+from meterproxy.wire.tap import decode_body
+from meterproxy.providers.usage import Usage, UsageSource
 
 log = logging.getLogger("meterproxy")
 

@@ -24,8 +24,10 @@ import certifi
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.connection import ConnectionState
 
-from meterproxy import streamusage, tokens
-from meterproxy.attribution import (
+from meterproxy.wire import streamusage
+
+from meterproxy.meter import tokens
+from meterproxy.wire.attribution import (
     AGENT_HEADER,
     SESSION_HEADER,
     STRIPPED_HEADERS,
@@ -36,18 +38,18 @@ from meterproxy.attribution import (
     proxy_auth_user,
 )
 from meterproxy.errors import MeterproxyError
-from meterproxy.exchange import Abort, Exchange, new_id
-from meterproxy.forward import Forwarding, Sender, attach
-from meterproxy.home import STORE_POLICIES, Config, Home
-from meterproxy.meter import Meter
-from meterproxy.mirror import JsonlMirror
-from meterproxy.pricing import PriceTable
+from meterproxy.wire.exchange import Abort, Exchange, new_id
+from meterproxy.outbox.sender import Forwarding, Sender, attach
+from meterproxy.config import STORE_POLICIES, Config, Home
+from meterproxy.meter.record import Meter
+from meterproxy.ledger.mirror import JsonlMirror
+from meterproxy.pricing.table import PriceTable
 from meterproxy.providers import PROVIDERS
-from meterproxy.redact import Redactor, redact_logs
-from meterproxy.routes import RouteTable
-from meterproxy.storage import Storage
-from meterproxy.tap import ResponseTap
-from meterproxy.writer import LedgerWriter
+from meterproxy.redact.engine import Redactor, redact_logs
+from meterproxy.wire.routes import RouteTable
+from meterproxy.meter.storage import Storage
+from meterproxy.wire.tap import ResponseTap
+from meterproxy.ledger.writer import LedgerWriter
 
 log = logging.getLogger("meterproxy")
 

@@ -1,6 +1,6 @@
 """Filters shared by reports and call listings, and the call listing itself.
 
-A filter matches a call's normalized label (:data:`meterproxy.rollup.KEYS`): ``--model`` matches
+A filter matches a call's normalized label (:data:`meterproxy.ledger.rollup.KEYS`): ``--model`` matches
 the response's model, else the requested one. A value with ``*``, ``?`` or ``[`` is a glob
 (``--model 'claude-*'``); repeated values of one filter are alternatives (OR), different
 filters all apply (AND).
@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from meterproxy import rollup
-from meterproxy.ledger import LISTED_COLUMNS, iso_utc
+from meterproxy.ledger import rollup
+from meterproxy.ledger.db import LISTED_COLUMNS, iso_utc
 
 FILTERS = ("agent", "model", "provider", "session", "task", "outcome")
 

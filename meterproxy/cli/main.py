@@ -25,21 +25,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from meterproxy import __version__
-from meterproxy.archive import archive, archive_files, pending
-from meterproxy.clientenv import client_environment, export_lines
+from meterproxy.ledger.archive import archive, archive_files, pending
+from meterproxy.app.clientenv import client_environment, export_lines
 from meterproxy.errors import MeterproxyError
-from meterproxy.forward import Forwarding, Sender, outbox_bodies, outbox_status
-from meterproxy.home import STORE_POLICIES, Home
-from meterproxy.ledger import connect, iso_utc
-from meterproxy.periods import Period, day_period, last_period, month_period, range_period, zone_named
-from meterproxy.priceimport import import_litellm
-from meterproxy.pricing import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates, at_utc
-from meterproxy.query import FILTERS, Filters, last_rowid, list_calls
-from meterproxy.render import (
+from meterproxy.outbox.sender import Forwarding, Sender, outbox_bodies, outbox_status
+from meterproxy.config import STORE_POLICIES, Home
+from meterproxy.ledger.db import connect, iso_utc
+from meterproxy.reports.periods import Period, day_period, last_period, month_period, range_period, zone_named
+from meterproxy.pricing.litellm import import_litellm
+from meterproxy.pricing.table import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates, at_utc
+from meterproxy.reports.query import FILTERS, Filters, last_rowid, list_calls
+from meterproxy.reports.render import (
     CALL_LINE_HEADER, budget_warnings, call_line, calls_table, local_time, report_csv, report_notes, report_table,
 )
-from meterproxy.report import BY, Query, WhatIf, full_report
-from meterproxy.reprice import ModelChange, reprice, usd
+from meterproxy.reports.report import BY, Query, WhatIf, full_report
+from meterproxy.ledger.reprice import ModelChange, reprice, usd
 
 
 def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -101,7 +101,7 @@ def start(
     forward_previews: bool, no_jsonl: bool, verbose: bool,
 ) -> None:
     """Run the metering proxy in the foreground."""
-    from meterproxy.proxy import ProxySpec, serve
+    from meterproxy.app.runner import ProxySpec, serve
 
     _setup_logging(verbose)
     config = home.ensure().load_config()

@@ -20,10 +20,10 @@ from pathlib import Path
 from mitmproxy import addons, ctx, exceptions, master, options
 from mitmproxy.addons import errorcheck
 
-from meterproxy.capture import MeterAddon
-from meterproxy.clientenv import ensure_ca
+from meterproxy.app.addon import MeterAddon
+from meterproxy.app.clientenv import ensure_ca
 from meterproxy.errors import MeterproxyError
-from meterproxy.home import Home
+from meterproxy.config import Home
 
 log = logging.getLogger("meterproxy")
 

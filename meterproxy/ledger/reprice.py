@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from meterproxy.pricing import PriceTable, at_utc
-from meterproxy.usage import Usage
+from meterproxy.pricing.table import PriceTable, at_utc
+from meterproxy.providers.usage import Usage
 
 BATCH = 5000
 TOKENS = Usage.field_names()

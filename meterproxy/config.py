@@ -19,12 +19,12 @@ from pydantic import (
 )
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.redact import Redactor
+from meterproxy.redact.engine import Redactor
 
 DEFAULT_HOME = "~/.meterproxy"
 
 StorePolicy = Literal["none", "preview", "full"]
-"""What of each call's content is stored (see :mod:`meterproxy.storage`)."""
+"""What of each call's content is stored (see :mod:`meterproxy.meter.storage`)."""
 STORE_POLICIES: tuple[str, ...] = get_args(StorePolicy)
 DEFAULT_PREVIEW_CHARS = 500
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from meterproxy.ledger import LISTED_COLUMNS, connect
-from meterproxy.meter import Record
+from meterproxy.ledger.db import LISTED_COLUMNS, connect
+from meterproxy.meter.record import Record
 
 
 class JsonlMirror:
-    """An ``after_commit`` step of :class:`meterproxy.writer.LedgerWriter`."""
+    """An ``after_commit`` step of :class:`meterproxy.ledger.writer.LedgerWriter`."""
 
     def __init__(self, ledger_path: Path, logs_dir: Path):
         self.ledger_path = ledger_path

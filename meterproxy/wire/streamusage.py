@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 
-from meterproxy.tap import ResponseTap
+from meterproxy.wire.tap import ResponseTap
 
 INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 NULL_USAGE_PROVIDERS = frozenset({"openai", "azure"})

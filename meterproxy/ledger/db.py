@@ -16,7 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from meterproxy import rollup
+from meterproxy.ledger import rollup
 from meterproxy.errors import MeterproxyError
 
 migrations = Migrations("meterproxy")
@@ -110,7 +110,7 @@ OUTBOX_COLUMNS: dict[str, type] = {
     "delivered_at": str,
     "logger_id": str,
 }
-"""One receipt per call for LockN Logger (meterproxy.forward); ``state`` is pending, delivered or rejected."""
+"""One receipt per call for LockN Logger (meterproxy.outbox.sender); ``state`` is pending, delivered or rejected."""
 
 
 @migrations()

@@ -19,7 +19,7 @@ import certifi
 from mitmproxy.certs import CertStore
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.home import Home
+from meterproxy.config import Home
 
 CA_KEY_SIZE = 2048
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0", "127.0.0.0/8", "::1/128"})

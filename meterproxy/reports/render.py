@@ -1,7 +1,7 @@
 """How reports and calls look on a terminal (rich tables, plain lines) and in CSV.
 
-Everything here renders data produced by :mod:`meterproxy.report` and
-:mod:`meterproxy.query`; nothing reads the ledger.
+Everything here renders data produced by :mod:`meterproxy.reports.report` and
+:mod:`meterproxy.reports.query`; nothing reads the ledger.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from meterproxy.pricing import PICO
+from meterproxy.pricing.table import PICO
 
 TOKEN_COLUMNS = {
     "input_tokens": "input",

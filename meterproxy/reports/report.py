@@ -1,4 +1,4 @@
-"""Spend reports over the ledger, as data (rendering is :mod:`meterproxy.render`'s job).
+"""Spend reports over the ledger, as data (rendering is :mod:`meterproxy.reports.render`'s job).
 
 A report sums calls started within a period, filtered, broken down by one or more keys (a
 second key nests). Whole UTC days and hours come from the ``call_days`` and ``call_hours``
@@ -20,12 +20,12 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from meterproxy import rollup
-from meterproxy.ledger import iso_utc
-from meterproxy.periods import Period, day_period, month_period, offset_spans, zone_label
-from meterproxy.pricing import PICO, Match, PriceTable, Rates
-from meterproxy.query import Filters
-from meterproxy.usage import Usage
+from meterproxy.ledger import rollup
+from meterproxy.ledger.db import iso_utc
+from meterproxy.reports.periods import Period, day_period, month_period, offset_spans, zone_label
+from meterproxy.pricing.table import PICO, Match, PriceTable, Rates
+from meterproxy.reports.query import Filters
+from meterproxy.providers.usage import Usage
 
 BY = ("model", "agent", "provider", "session", "task", "day", "hour", "outcome")
 TIME_KEYS = frozenset({"day", "hour"})
@@ -34,7 +34,7 @@ HOUR = timedelta(hours=1)
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
           "cache_write_1h_tokens")
 METRICS = tuple(rollup.SUMS)
-"""The summed fields of every report row, in the order of :data:`meterproxy.rollup.SUMS`."""
+"""The summed fields of every report row, in the order of :data:`meterproxy.ledger.rollup.SUMS`."""
 
 Sums = list[int]
 

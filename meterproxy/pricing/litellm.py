@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.pricefile import ModelSpec, PeriodSpec, parse_text
-from meterproxy.pricing import MILLION, RATE_FIELDS, Entry, PriceTable, Rates, read_text
+from meterproxy.pricing.file import ModelSpec, PeriodSpec, parse_text
+from meterproxy.pricing.table import MILLION, RATE_FIELDS, Entry, PriceTable, Rates, read_text
 
 CHAT_MODES = {"chat", "completion", "responses"}
 RATE_KEYS = {

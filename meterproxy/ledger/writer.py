@@ -1,7 +1,7 @@
 """The background writer: the only place the proxy touches the disk.
 
 The proxy's hooks hand over exchanges with :meth:`LedgerWriter.submit` (a non-blocking queue
-put). A single thread turns them into rows (:class:`meterproxy.meter.Meter`) every ``GATHER``
+put). A single thread turns them into rows (:class:`meterproxy.meter.record.Meter`) every ``GATHER``
 seconds and commits the rows in batches: as soon as calls stop coming, and at most ``LINGER``
 seconds after the first of a batch while they keep coming.
 :meth:`LedgerWriter.close` writes everything still queued before it returns.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from meterproxy.exchange import Exchange
-from meterproxy.ledger import connect, insert_rows
-from meterproxy.meter import Meter, Record
+from meterproxy.wire.exchange import Exchange
+from meterproxy.ledger.db import connect, insert_rows
+from meterproxy.meter.record import Meter, Record
 
 log = logging.getLogger("meterproxy")
 

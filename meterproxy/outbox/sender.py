@@ -1,7 +1,7 @@
 """Receipts to LockN Logger that are never lost.
 
 Every recorded call gets a receipt in the ledger's ``outbox`` table, written in the same
-transaction as the call (:class:`Outbox`, a :class:`~meterproxy.writer.LedgerWriter` step). A
+transaction as the call (:class:`Outbox`, a :class:`~meterproxy.ledger.writer.LedgerWriter` step). A
 :class:`Sender` delivers the outbox: in the proxy on its own thread (woken after each commit),
 or in the caller's thread for ``meterproxy forward``. One receipt per ``POST``, with
 ``Idempotency-Key: <receiptId>``, so a receipt sent twice (a crash between the Logger's answer
@@ -41,11 +41,11 @@ from sqlite_utils import Database
 
 from meterproxy import __version__
 from meterproxy.errors import MeterproxyError
-from meterproxy.home import Config, ForwardSettings, Home
-from meterproxy.ledger import connect, insert_rows, iso_utc
-from meterproxy.meter import Record
-from meterproxy.pricing import LOCAL_PROVIDERS
-from meterproxy.writer import LedgerWriter
+from meterproxy.config import Config, ForwardSettings, Home
+from meterproxy.ledger.db import connect, insert_rows, iso_utc
+from meterproxy.meter.record import Record
+from meterproxy.pricing.table import LOCAL_PROVIDERS
+from meterproxy.ledger.writer import LedgerWriter
 
 try:
     import fcntl

@@ -1,0 +1,1 @@
+"""The ``meterproxy`` command line, commands grouped by subject."""

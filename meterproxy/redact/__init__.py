@@ -1,0 +1,1 @@
+"""Redaction: secrets and personal data found in text and replaced before anything reaches disk."""
