@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from meterproxy.wire.exchange import Exchange  # noqa: E402
-from meterproxy.redact.engine import Redactor  # noqa: E402
 from meterproxy.meter.storage import Storage  # noqa: E402
+from meterproxy.redact.engine import Redactor  # noqa: E402
+from meterproxy.wire.exchange import Exchange  # noqa: E402
 from meterproxy.wire.tap import Body  # noqa: E402
 from tests.secret_corpus import planted_text  # noqa: E402
 

@@ -33,9 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from meterproxy.ledger import rollup  # noqa: E402
 from meterproxy.cli.main import cli  # noqa: E402
-from meterproxy.ledger.db import connect, insert_rows, iso_utc  # noqa: E402
+from meterproxy.ledger import rollup  # noqa: E402
+from meterproxy.ledger.db import connect, insert_rows  # noqa: E402
+from meterproxy.times import iso_utc
 
 REPORTS = [
     ("report --today", ["report", "--today"]),

@@ -23,11 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from bench import load, report, writer_load

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.upstream import Shape, _openai_events, openai_json
-from meterproxy.wire.exchange import Exchange, new_id
 from meterproxy.config import STORE_POLICIES
-from meterproxy.meter.record import Meter
-from meterproxy.pricing.table import PriceTable
-from meterproxy.meter.storage import Storage
-from meterproxy.wire.tap import ResponseTap
 from meterproxy.ledger.writer import LedgerWriter
+from meterproxy.meter.record import Meter
+from meterproxy.meter.storage import Storage
+from meterproxy.pricing.table import PriceTable
+from meterproxy.wire.exchange import Exchange, new_id
+from meterproxy.wire.tap import ResponseTap
 
 REQUEST = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}).encode()
 TICK = 0.01

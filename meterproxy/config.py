@@ -15,7 +15,14 @@ from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
 
 from meterproxy.errors import MeterproxyError

@@ -8,7 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from meterproxy.ledger.db import connect, insert_rows, iso_utc
+from meterproxy.ledger.db import connect, insert_rows
+from meterproxy.times import iso_utc
 
 
 def call(call_id: str, started_at: str | datetime, **fields: Any) -> dict[str, Any]:

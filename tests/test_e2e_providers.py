@@ -8,7 +8,6 @@ import json
 import ssl
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import brotli

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from meterproxy.errors import MeterproxyError
-from meterproxy.wire.exchange import Exchange, new_id
-from meterproxy.outbox.sender import Forwarding, Sender, attach, build_receipt, outbox_status, wire_body
 from meterproxy.config import Config, ForwardSettings, Home
-from meterproxy.meter.record import Meter
-from meterproxy.pricing.table import PriceTable
-from meterproxy.wire.tap import Body
+from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.writer import LedgerWriter
+from meterproxy.meter.record import Meter
+from meterproxy.outbox.sender import Forwarding, Sender, attach, build_receipt, outbox_status, wire_body
+from meterproxy.pricing.table import PriceTable
+from meterproxy.wire.exchange import Exchange, new_id
+from meterproxy.wire.tap import Body
 from tests.fake_logger import Answer, FakeLogger
 
 FIXTURES = Path(__file__).parent / "fixtures"

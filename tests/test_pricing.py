@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.wire.exchange import Exchange
 from meterproxy.ledger.db import connect, insert_rows
 from meterproxy.meter.record import Meter
-from meterproxy.pricing.table import BUNDLED, NO_PRICE, PICO, PriceTable, at_utc, read_text, to_picousd
-from meterproxy.wire.tap import Body
+from meterproxy.money import PICO, to_picousd
+from meterproxy.pricing.table import BUNDLED, NO_PRICE, PriceTable, read_text
 from meterproxy.providers.usage import Usage
+from meterproxy.times import at_utc
+from meterproxy.wire.exchange import Exchange
+from meterproxy.wire.tap import Body
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TABLE = PriceTable.load()

@@ -17,9 +17,10 @@ import openai
 import pytest
 
 from meterproxy.ledger.db import connect, insert_rows
-from meterproxy.pricing.table import PriceTable, at_utc
 from meterproxy.ledger.reprice import reprice
+from meterproxy.pricing.table import PriceTable
 from meterproxy.providers.usage import Usage
+from meterproxy.times import at_utc
 from tests.fake_upstream import Reply
 from tests.proxy_process import REPO
 

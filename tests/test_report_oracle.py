@@ -10,8 +10,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
-from sqlite_utils import Database
 from hypothesis import strategies as st
+from sqlite_utils import Database
 
 from meterproxy.ledger import rollup
 from meterproxy.ledger.db import connect, insert_rows, migrations

@@ -7,9 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
-import os
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path

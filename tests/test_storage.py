@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterproxy.wire.exchange import Exchange
-from meterproxy.redact.engine import Redactor
 from meterproxy.meter.storage import Storage, read_body
+from meterproxy.redact.engine import Redactor
+from meterproxy.wire.exchange import Exchange
 from meterproxy.wire.tap import Body
 
 KEY = "sk-proj-abcDEF1234567890abcdefGHIJ"

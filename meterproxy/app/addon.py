@@ -24,9 +24,18 @@ import certifi
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.connection import ConnectionState
 
-from meterproxy.wire import streamusage
-
+from meterproxy.config import STORE_POLICIES, Config, Home
+from meterproxy.errors import MeterproxyError
+from meterproxy.ledger.mirror import JsonlMirror
+from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter import tokens
+from meterproxy.meter.record import Meter
+from meterproxy.meter.storage import Storage
+from meterproxy.outbox.sender import Forwarding, Sender, attach
+from meterproxy.pricing.table import PriceTable
+from meterproxy.providers import PROVIDERS
+from meterproxy.redact.engine import Redactor, redact_logs
+from meterproxy.wire import streamusage
 from meterproxy.wire.attribution import (
     AGENT_HEADER,
     SESSION_HEADER,
@@ -37,19 +46,9 @@ from meterproxy.wire.attribution import (
     is_loopback,
     proxy_auth_user,
 )
-from meterproxy.errors import MeterproxyError
 from meterproxy.wire.exchange import Abort, Exchange, new_id
-from meterproxy.outbox.sender import Forwarding, Sender, attach
-from meterproxy.config import STORE_POLICIES, Config, Home
-from meterproxy.meter.record import Meter
-from meterproxy.ledger.mirror import JsonlMirror
-from meterproxy.pricing.table import PriceTable
-from meterproxy.providers import PROVIDERS
-from meterproxy.redact.engine import Redactor, redact_logs
 from meterproxy.wire.routes import RouteTable
-from meterproxy.meter.storage import Storage
 from meterproxy.wire.tap import ResponseTap
-from meterproxy.ledger.writer import LedgerWriter
 
 log = logging.getLogger("meterproxy")
 

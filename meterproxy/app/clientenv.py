@@ -18,8 +18,8 @@ from urllib.parse import quote
 import certifi
 from mitmproxy.certs import CertStore
 
-from meterproxy.errors import MeterproxyError
 from meterproxy.config import Home
+from meterproxy.errors import MeterproxyError
 
 CA_KEY_SIZE = 2048
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0", "127.0.0.0/8", "::1/128"})

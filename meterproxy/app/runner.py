@@ -22,8 +22,8 @@ from mitmproxy.addons import errorcheck
 
 from meterproxy.app.addon import MeterAddon
 from meterproxy.app.clientenv import ensure_ca
-from meterproxy.errors import MeterproxyError
 from meterproxy.config import Home
+from meterproxy.errors import MeterproxyError
 
 log = logging.getLogger("meterproxy")
 

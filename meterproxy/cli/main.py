@@ -25,21 +25,29 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from meterproxy import __version__
-from meterproxy.ledger.archive import archive, archive_files, pending
 from meterproxy.app.clientenv import client_environment, export_lines
-from meterproxy.errors import MeterproxyError
-from meterproxy.outbox.sender import Forwarding, Sender, outbox_bodies, outbox_status
 from meterproxy.config import STORE_POLICIES, Home
-from meterproxy.ledger.db import connect, iso_utc
-from meterproxy.reports.periods import Period, day_period, last_period, month_period, range_period, zone_named
+from meterproxy.errors import MeterproxyError
+from meterproxy.ledger.archive import archive, archive_files, pending
+from meterproxy.ledger.db import connect
+from meterproxy.ledger.reprice import ModelChange, reprice
+from meterproxy.money import usd
+from meterproxy.outbox.sender import Forwarding, Sender, outbox_bodies, outbox_status
 from meterproxy.pricing.litellm import import_litellm
-from meterproxy.pricing.table import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates, at_utc
+from meterproxy.pricing.table import BUNDLED, LOCAL_PROVIDERS, PriceTable, Rates
+from meterproxy.reports.periods import Period, day_period, last_period, month_period, range_period, zone_named
 from meterproxy.reports.query import FILTERS, Filters, last_rowid, list_calls
 from meterproxy.reports.render import (
-    CALL_LINE_HEADER, budget_warnings, call_line, calls_table, local_time, report_csv, report_notes, report_table,
+    CALL_LINE_HEADER,
+    budget_warnings,
+    call_line,
+    calls_table,
+    report_csv,
+    report_notes,
+    report_table,
 )
 from meterproxy.reports.report import BY, Query, WhatIf, full_report
-from meterproxy.ledger.reprice import ModelChange, reprice, usd
+from meterproxy.times import at_utc, iso_utc, local_time, now, parse_iso
 
 
 def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -210,7 +218,7 @@ def _add_period_options(command: Callable[..., Any], today_by_default: bool) -> 
     def wrapper(**kwargs: Any) -> Any:
         names = ("today", "yesterday", "last", "from_", "to", "month", "tz", "utc")
         values = {name: kwargs.pop(name) for name in names}
-        return command(period=_period(**values, now=datetime.now(UTC), today_by_default=today_by_default), **kwargs)
+        return command(period=_period(**values, now=_now(), today_by_default=today_by_default), **kwargs)
 
     return wrapper
 
@@ -312,7 +320,7 @@ def report(
     dbs = [_ledger(home)]
     if include_archive:
         dbs += [connect(path) for path in archive_files(home.archive, period.start, period.end)]
-    data = full_report(dbs, query, datetime.now(UTC), budgets.daily_usd, budgets.monthly_usd, budgets.warn_at)
+    data = full_report(dbs, query, _now(), budgets.daily_usd, budgets.monthly_usd, budgets.warn_at)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     elif as_csv:
@@ -341,7 +349,7 @@ def _what_if(home: Home, model: str) -> WhatIf:
 def archive_command(home: Home, older_than: str, dry_run: bool) -> None:
     """Move old calls into archive/YYYY-MM.db (reports read them with --include-archive)."""
     try:
-        cutoff = last_period(older_than, UTC, datetime.now(UTC)).start
+        cutoff = last_period(older_than, UTC, _now()).start
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--older-than'") from None
     db = _ledger(home)
@@ -477,7 +485,7 @@ def pricing_check(home: Home, file: Path | None) -> None:
 def pricing_show(home: Home, model: str, provider: str, when: str | None) -> None:
     """Show the rates MODEL is priced at, and why they match."""
     table = PriceTable.load(home.pricing_file)
-    at = _when(when) if when else datetime.now().astimezone()
+    at = _when(when) if when else _now().astimezone()
     price = table.price(provider.lower(), model, at_utc(at.timestamp()))
     if price is None:
         close = table.suggestions(model)
@@ -510,7 +518,7 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 def pricing_import(home: Home, file: Path) -> None:
     """Import LiteLLM's model_prices_and_context_window.json into your pricing.toml."""
-    result = import_litellm(file, home.ensure().pricing_file, datetime.now().astimezone().date())
+    result = import_litellm(file, home.ensure().pricing_file, _now().astimezone().date())
     click.echo(
         f"imported {len(result.imported):,} models into {home.pricing_file} "
         f"({len(result.changed)} with a price different from the bundled one; "
@@ -539,7 +547,7 @@ def reprice_command(
     """Recompute the cost of stored calls with the current prices, and say what changed."""
     table = PriceTable.load(home.pricing_file)
     since = _when(start).timestamp() if start else 0.0
-    until = _when(end, end_of_day=True).timestamp() if end else datetime.now().timestamp() + 1
+    until = _when(end, end_of_day=True).timestamp() if end else _now().timestamp() + 1
     result = reprice(_ledger(home), table, iso_utc(since), iso_utc(until), model, dry_run)
     total = result.totals()
     if as_json:
@@ -591,10 +599,18 @@ def _when(text: str, end_of_day: bool = False) -> datetime:
         if len(text) == 10:
             day = datetime.strptime(text, "%Y-%m-%d").date() + timedelta(days=int(end_of_day))
             return datetime.combine(day, time()).astimezone()
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = parse_iso(text)
     except ValueError as e:
         raise click.BadParameter(f"{text!r}: expected YYYY-MM-DD or an ISO time") from e
     return moment if moment.tzinfo else moment.astimezone()
+
+
+def _now() -> datetime:
+    """The clock of every command (``METERPROXY_NOW`` sets it)."""
+    try:
+        return now()
+    except ValueError as e:
+        raise MeterproxyError(str(e)) from None
 
 
 def _ledger(home: Home):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from meterproxy.ledger.db import connect, iso_utc
+from meterproxy.ledger.db import connect
+from meterproxy.times import iso_utc
 
 TABLES = ("calls", "api_calls")
 BATCH = 2000

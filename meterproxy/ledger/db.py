@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from meterproxy.ledger import rollup
 from meterproxy.errors import MeterproxyError
+from meterproxy.ledger import rollup
+from meterproxy.providers.usage import TOKEN_FIELDS
 
 migrations = Migrations("meterproxy")
 
@@ -40,12 +40,7 @@ CALL_COLUMNS: dict[str, type] = {
     "client_process": str,
     "provider_request_id": str,
     "response_id": str,
-    "input_tokens": int,
-    "output_tokens": int,
-    "cache_read_tokens": int,
-    "cache_write_tokens": int,
-    "reasoning_tokens": int,
-    "cache_write_1h_tokens": int,
+    **dict.fromkeys(TOKEN_FIELDS, int),
     "usage_source": str,
     "usage_note": str,
     "cost_usd": float,
@@ -134,11 +129,6 @@ def m003_aggregates(db: Database) -> None:
 def m004_daily_views(db: Database) -> None:
     """Views for Datasette: daily cost by agent and by model."""
     rollup.create_views(db)
-
-
-def iso_utc(timestamp: float) -> str:
-    """Epoch seconds as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def connect(path: Path) -> Database:

@@ -16,11 +16,12 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from meterproxy.pricing.table import PriceTable, at_utc
-from meterproxy.providers.usage import Usage
+from meterproxy.pricing.table import PriceTable
+from meterproxy.providers.usage import TOKEN_FIELDS, Usage
+from meterproxy.times import at_utc
 
 BATCH = 5000
-TOKENS = Usage.field_names()
+TOKENS = TOKEN_FIELDS
 COLUMNS = (
     "id", "started_at", "provider", "model", "request_model", "outcome", "usage_source",
     "cost_picousd", "cost_source", "rates", "provider_cost_usd", *TOKENS,
@@ -139,5 +140,3 @@ def _rates(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
-def usd(picousd: int) -> Decimal:
-    return Decimal(picousd) / 10**12

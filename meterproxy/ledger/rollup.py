@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from sqlite_utils import Database
 
+from meterproxy.providers.usage import TOKEN_FIELDS
+
 BUCKETS: dict[str, tuple[str, str]] = {
     "call_hours": ("hour", "substr({p}started_at, 1, 13)"),  # 2026-11-22T09
     "call_days": ("day", "substr({p}started_at, 1, 10)"),  # 2026-11-22
@@ -35,10 +37,7 @@ _UNPRICED = "{p}cost_picousd IS NULL"
 _ESTIMATED = "COALESCE({p}usage_source, 'none') = 'estimated'"
 SUMS: dict[str, str] = {
     "calls": "1",
-    **{t: f"COALESCE({{p}}{t}, 0)" for t in (
-        "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-        "cache_write_1h_tokens",
-    )},
+    **{t: f"COALESCE({{p}}{t}, 0)" for t in TOKEN_FIELDS},
     "cost_picousd": "COALESCE({p}cost_picousd, 0)",  # an unpriced call adds no cost: it is counted below
     "unpriced_calls": f"({_UNPRICED})",
     "unpriced_input_tokens": f"CASE WHEN {_UNPRICED} THEN COALESCE({{p}}input_tokens, 0) ELSE 0 END",
@@ -51,8 +50,7 @@ SUMS: dict[str, str] = {
 """Summed columns and each call's contribution."""
 
 _WATCHED = ("started_at", "provider", "model", "request_model", "agent", "task", "outcome", "usage_source",
-            "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-            "cache_write_1h_tokens", "cost_picousd")
+            *TOKEN_FIELDS, "cost_picousd")
 
 
 def _keys(table: str, prefix: str) -> dict[str, str]:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from meterproxy.wire.exchange import Exchange
 from meterproxy.ledger.db import connect, insert_rows
 from meterproxy.meter.record import Meter, Record
+from meterproxy.wire.exchange import Exchange
 
 log = logging.getLogger("meterproxy")
 

@@ -13,14 +13,14 @@ from decimal import Decimal
 from typing import Any
 
 from meterproxy.meter import tokens
-from meterproxy.wire.exchange import Exchange
-from meterproxy.ledger.db import iso_utc
-from meterproxy.pricing.table import NO_PRICE, PriceTable, at_utc
+from meterproxy.meter.storage import Storage
+from meterproxy.pricing.table import NO_PRICE, PriceTable
 from meterproxy.providers import get_provider
 from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo
-from meterproxy.meter.storage import Storage
-from meterproxy.wire.tap import decode_body
 from meterproxy.providers.usage import Usage, UsageSource
+from meterproxy.times import at_utc, iso_utc
+from meterproxy.wire.exchange import Exchange
+from meterproxy.wire.tap import decode_body
 
 log = logging.getLogger("meterproxy")
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import zstandard
 
-from meterproxy.meter.content import last_user_text, response_slots, stream_slots
-from meterproxy.wire.exchange import Exchange
 from meterproxy.config import DEFAULT_PREVIEW_CHARS, StorePolicy
+from meterproxy.meter.content import last_user_text, response_slots, stream_slots
 from meterproxy.providers.base import ParsedResponse, SseEvent, ndjson_lines, sse_events
 from meterproxy.redact.engine import PLACEHOLDER, CallRedaction, Redactor, TextCache
+from meterproxy.wire.exchange import Exchange
 from meterproxy.wire.tap import Body
 
 log = logging.getLogger("meterproxy")

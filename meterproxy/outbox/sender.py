@@ -31,7 +31,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -40,12 +39,14 @@ from pydantic import ValidationError
 from sqlite_utils import Database
 
 from meterproxy import __version__
-from meterproxy.errors import MeterproxyError
 from meterproxy.config import Config, ForwardSettings, Home
-from meterproxy.ledger.db import connect, insert_rows, iso_utc
+from meterproxy.errors import MeterproxyError
+from meterproxy.ledger.db import connect, insert_rows
+from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter.record import Record
 from meterproxy.pricing.table import LOCAL_PROVIDERS
-from meterproxy.ledger.writer import LedgerWriter
+from meterproxy.providers.usage import PART_FIELDS, TOKEN_FIELDS
+from meterproxy.times import iso_utc, parse_iso
 
 try:
     import fcntl
@@ -148,12 +149,10 @@ class Forwarding:
 # --- receipts and the outbox ---------------------------------------------------------------
 
 _TOKENS = {
-    "inputTokens": "input_tokens",
-    "outputTokens": "output_tokens",
-    "cacheReadTokens": "cache_read_tokens",
-    "cacheWriteTokens": "cache_write_tokens",
-    "reasoningTokens": "reasoning_tokens",
+    "".join(word.title() if i else word for i, word in enumerate(name.split("_"))): name
+    for name in TOKEN_FIELDS if name not in PART_FIELDS
 }
+"""Receipt field -> ledger column: ``inputTokens`` -> ``input_tokens``..."""
 
 
 def build_receipt(row: Mapping[str, Any], previews: bool = False) -> dict[str, Any]:
@@ -567,12 +566,8 @@ def _idle_wait(db: Database) -> float:
     row = db.execute("SELECT min(next_attempt_at) FROM outbox WHERE state = 'pending'").fetchone()
     if not row or row[0] is None:
         return IDLE_POLL
-    due = _epoch(row[0])
+    due = parse_iso(row[0]).timestamp()
     return min(max(due - time.time(), 0.01), IDLE_POLL)
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 # --- inspection (`meterproxy forward --status / --dry-run`) --------------------------------

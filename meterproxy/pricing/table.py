@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meterproxy.errors import MeterproxyError
+from meterproxy.money import to_picousd
 from meterproxy.pricing.file import ModelSpec, PeriodSpec, RatesSpec, locate, parse_text, peak_window, utc_start
 from meterproxy.providers.usage import Usage
 
 MILLION = Decimal(1_000_000)
-PICO = Decimal("1e-12")
 LOCAL_PROVIDERS = frozenset({"ollama", "lmstudio", "llamacpp", "vllm", "local"})
 BUNDLED = "bundled pricing.toml"
 _DATE_SUFFIX = re.compile(r"(?:-(\d{4}-\d{2}-\d{2}|\d{8})|@\d{8})$")
@@ -204,10 +204,6 @@ class CallCost:
         }
 
 
-def to_picousd(cost: Decimal) -> int:
-    """USD as an integer count of 1e-12 USD (half-even rounding below that)."""
-    return int((cost / PICO).to_integral_value())
-
 
 class PriceTable:
     """The effective price table: the bundled file, overlaid by the user's.
@@ -320,12 +316,6 @@ def read_text(path: Path) -> str:
     except OSError as e:
         raise MeterproxyError(f"{path}: cannot read: {e.strerror}") from e
 
-
-def at_utc(timestamp: float | str) -> datetime:
-    """An epoch timestamp or a ledger ``started_at`` as an aware UTC datetime."""
-    if isinstance(timestamp, str):
-        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(UTC)
-    return datetime.fromtimestamp(timestamp, UTC)
 
 
 def _provenance(match: Match, period: Period, tier: Tier | None, peak: bool, rates: Rates) -> str:

@@ -30,8 +30,8 @@ from meterproxy.providers.base import (
     sse_json,
     strings,
 )
-from meterproxy.wire.tap import Body
 from meterproxy.providers.usage import Usage, as_count
+from meterproxy.wire.tap import Body
 
 OUTPUT_KEYS = frozenset({"text", "thinking", "partial_json"})
 

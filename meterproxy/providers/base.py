@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
-from meterproxy.wire.tap import Body
 from meterproxy.providers.usage import Usage
+from meterproxy.wire.tap import Body
 
 EndpointKind = Literal["llm", "api", "unknown"]
 """``llm``: a model call, metered and priced; ``api``: anything else on a metered host (model

@@ -36,8 +36,8 @@ from meterproxy.providers.base import (
 )
 from meterproxy.providers.openai import OpenAICompatible
 from meterproxy.providers.openai import parse_request as openai_request
-from meterproxy.wire.tap import Body
 from meterproxy.providers.usage import Usage, as_count
+from meterproxy.wire.tap import Body
 
 LLM_METHODS = frozenset({
     "generateContent", "streamGenerateContent", "embedContent", "batchEmbedContents", "predict",

@@ -31,8 +31,8 @@ from meterproxy.providers.base import (
     number_fields,
 )
 from meterproxy.providers.openai import OpenAICompatible
-from meterproxy.wire.tap import Body
 from meterproxy.providers.usage import Usage, as_count
+from meterproxy.wire.tap import Body
 
 NATIVE_LLM = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
 

@@ -46,8 +46,8 @@ from meterproxy.providers.base import (
     sse_json,
     strings,
 )
-from meterproxy.wire.tap import Body
 from meterproxy.providers.usage import Usage, as_count
+from meterproxy.wire.tap import Body
 
 LLM_SUFFIXES = (
     "/chat/completions", "/completions", "/embeddings", "/responses", "/responses/compact",

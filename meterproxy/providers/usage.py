@@ -22,15 +22,6 @@ from typing import Literal
 
 UsageSource = Literal["reported", "estimated", "none"]
 
-TOKEN_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
-
-
 @dataclass(slots=True)
 class Usage:
     """Token counts of one call, normalized by the rules above."""
@@ -45,9 +36,21 @@ class Usage:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+
+TOKEN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+"""Every token count, in the order of the ledger's columns: the one list that the ledger, the
+rollups, reports, CSV, receipts and reprice are built from."""
+TOKEN_LABELS: dict[str, str] = {
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_read_tokens": "cache read",
+    "cache_write_tokens": "cache write",
+    "reasoning_tokens": "reasoning",
+    "cache_write_1h_tokens": "1h write",
+}
+"""Short names for tables."""
+PART_FIELDS = frozenset({"cache_write_1h_tokens"})
+"""Counts that are a part of another one: kept in the ledger and CSV, left out of tables and receipts."""
 
 
 def as_count(value: object) -> int:

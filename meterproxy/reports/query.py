@@ -16,7 +16,8 @@ from typing import Any
 from sqlite_utils import Database
 
 from meterproxy.ledger import rollup
-from meterproxy.ledger.db import LISTED_COLUMNS, iso_utc
+from meterproxy.ledger.db import LISTED_COLUMNS
+from meterproxy.times import iso_utc
 
 FILTERS = ("agent", "model", "provider", "session", "task", "outcome")
 

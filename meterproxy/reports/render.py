@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from rich.table import Table
 
-from meterproxy.pricing.table import PICO
+from meterproxy.money import exact_usd
+from meterproxy.providers.usage import PART_FIELDS, TOKEN_FIELDS, TOKEN_LABELS
+from meterproxy.times import local_time
 
-TOKEN_COLUMNS = {
-    "input_tokens": "input",
-    "output_tokens": "output",
-    "cache_read_tokens": "cache read",
-    "cache_write_tokens": "cache write",
-    "reasoning_tokens": "reasoning",
-}
+TOKEN_COLUMNS = {name: label for name, label in TOKEN_LABELS.items() if name not in PART_FIELDS}
 CSV_FIELDS = (
-    "calls", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-    "cache_write_1h_tokens", "cost_usd", "unpriced_calls", "unpriced_input_tokens", "unpriced_output_tokens",
+    "calls", *TOKEN_FIELDS, "cost_usd", "unpriced_calls", "unpriced_input_tokens", "unpriced_output_tokens",
     "estimated_calls", "estimated_input_tokens", "estimated_output_tokens", "no_usage_calls",
 )
 
@@ -144,11 +137,6 @@ def report_csv(data: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def exact_usd(picos: int) -> str:
-    """Picodollars as an exact decimal string of dollars."""
-    return format((Decimal(picos) * PICO).normalize(), "f")
-
-
 # --- calls -------------------------------------------------------------------------------
 
 CALL_COLUMNS = (
@@ -204,10 +192,6 @@ def _tokens(row: dict[str, Any], name: str) -> str:
 
 def money(value: float | None) -> str:
     return "unpriced" if value is None else f"{value:,.4f}"
-
-
-def local_time(iso: str) -> str:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _moment(iso: str) -> str:

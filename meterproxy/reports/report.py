@@ -21,18 +21,17 @@ from typing import Any
 from sqlite_utils import Database
 
 from meterproxy.ledger import rollup
-from meterproxy.ledger.db import iso_utc
+from meterproxy.money import usd_float
+from meterproxy.pricing.table import Match, PriceTable, Rates
+from meterproxy.providers.usage import TOKEN_FIELDS, Usage
 from meterproxy.reports.periods import Period, day_period, month_period, offset_spans, zone_label
-from meterproxy.pricing.table import PICO, Match, PriceTable, Rates
 from meterproxy.reports.query import Filters
-from meterproxy.providers.usage import Usage
+from meterproxy.times import iso_utc, parse_iso
 
 BY = ("model", "agent", "provider", "session", "task", "day", "hour", "outcome")
 TIME_KEYS = frozenset({"day", "hour"})
 HOUR = timedelta(hours=1)
 
-TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-          "cache_write_1h_tokens")
 METRICS = tuple(rollup.SUMS)
 """The summed fields of every report row, in the order of :data:`meterproxy.ledger.rollup.SUMS`."""
 
@@ -121,8 +120,8 @@ def _month_projection(dbs: Sequence[Database], zone: tzinfo, filters: Filters, n
         "spent_usd": spent["cost_usd"],
         "days_elapsed": float(round(elapsed, 6)),
         "days_in_month": (month.end.date() - month.start.date()).days,
-        "daily_rate_usd": _usd(rate),
-        "projected_usd": _usd(rate * length),
+        "daily_rate_usd": usd_float(rate),
+        "projected_usd": usd_float(rate * length),
         "unpriced_calls": spent["unpriced_calls"],
     }
 
@@ -166,8 +165,8 @@ def _collect(db: Database, query: Query, into: dict[tuple[str, ...], Sums], extr
     ).fetchone()
     if first is None:
         return
-    start = max(query.period.start.astimezone(UTC), _parse_iso(first))
-    end = min(query.period.end.astimezone(UTC), _parse_iso(last) + timedelta(milliseconds=1))
+    start = max(query.period.start.astimezone(UTC), parse_iso(first))
+    end = min(query.period.end.astimezone(UTC), parse_iso(last) + timedelta(milliseconds=1))
     if start >= end:
         return
     timed = TIME_KEYS & set(query.by)
@@ -268,7 +267,7 @@ def _what_if_costs(dbs: Sequence[Database], query: Query) -> dict[tuple[str, ...
     costs: dict[tuple[str, ...], Decimal] = {}
 
     def add(key: tuple[str, ...], sums: Sums, when: datetime, input_tokens: int = 0) -> None:
-        usage = Usage(**{t: sums[METRICS.index(t)] for t in TOKENS})
+        usage = Usage(**{t: sums[METRICS.index(t)] for t in TOKEN_FIELDS})
         costs[key] = costs.get(key, Decimal(0)) + what_if.rates(when, input_tokens).cost(usage)
 
     period = query.period
@@ -293,7 +292,7 @@ def _what_if_costs(dbs: Sequence[Database], query: Query) -> dict[tuple[str, ...
     width = len(query.by)
     for key, sums in rows.items():
         stretch, size, minute = key[width:]
-        when = _parse_iso(minute + ":00Z") if minute else changes[stretch - 1] if stretch else period.start
+        when = parse_iso(minute + ":00Z") if minute else changes[stretch - 1] if stretch else period.start
         add(key[:width], sums, when, sizes[size - 1] + 1 if size else 0)
     return costs
 
@@ -348,8 +347,8 @@ def _node(
     """One report row: the sums of ``members`` (and their what-if cost)."""
     values = dict(zip(METRICS, [sum(column) for column in zip(*members.values())] or [0] * len(METRICS)))
     node: dict[str, Any] = {"key": key, "calls": values["calls"]}
-    node |= {t: values[t] for t in TOKENS}
-    node["cost_usd"] = _usd(Decimal(values["cost_picousd"]))
+    node |= {t: values[t] for t in TOKEN_FIELDS}
+    node["cost_usd"] = usd_float(Decimal(values["cost_picousd"]))
     node |= {m: values[m] for m in METRICS if m not in node}
     if costs is not None:
         node["what_if_cost_usd"] = float(sum((costs.get(k, Decimal(0)) for k in members), Decimal(0)))
@@ -358,14 +357,6 @@ def _node(
 
 def _display(label: str | None) -> str:
     return label or "(none)"
-
-
-def _usd(picos: Decimal) -> float:
-    return float(picos * PICO)
-
-
-def _parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _floor(moment: datetime, unit: timedelta) -> datetime:
