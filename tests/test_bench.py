@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mitmproxy import http
 
 from bench.run import PATHS
-from meterproxy.app.addon import _header_values, _joined
+from meterproxy.wire.headers import header_values, joined
 from tests.proxy_process import REPO
 
 
@@ -67,7 +67,7 @@ _values = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_c
 @given(st.lists(st.tuples(_names, _values), max_size=8))
 def test_header_values_read_as_mitmproxy_reads_them(fields: list[tuple[str, str]]) -> None:
     headers = http.Headers([(name.encode(), value.encode()) for name, value in fields])
-    found = _header_values(headers)
+    found = header_values(headers.fields)
     for name in {name.lower() for name, _ in fields} | {"x-missing"}:
         assert found.get(name, []) == headers.get_all(name)
-        assert _joined(found, name) == headers.get(name)
+        assert joined(found, name) == headers.get(name)

@@ -9,32 +9,18 @@ same addon.
 
 from __future__ import annotations
 
-import gc
 import logging
-import os
-import shutil
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
-import certifi
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.connection import ConnectionState
 
-from meterproxy.config import STORE_POLICIES, Config, Home
+from meterproxy.app.wiring import Pipeline, Settings
 from meterproxy.errors import MeterproxyError
-from meterproxy.ledger.mirror import JsonlMirror
-from meterproxy.ledger.writer import LedgerWriter
-from meterproxy.meter import tokens
-from meterproxy.meter.record import Meter
-from meterproxy.meter.storage import Storage
-from meterproxy.outbox.sender import Forwarding, Sender, attach
-from meterproxy.pricing.table import PriceTable
 from meterproxy.providers import PROVIDERS
-from meterproxy.redact.engine import Redactor, redact_logs
 from meterproxy.wire import streamusage
 from meterproxy.wire.attribution import (
     AGENT_HEADER,
@@ -47,20 +33,24 @@ from meterproxy.wire.attribution import (
     proxy_auth_user,
 )
 from meterproxy.wire.exchange import Abort, Exchange, new_id
-from meterproxy.wire.routes import RouteTable
+from meterproxy.wire.headers import (
+    KEPT_REQUEST_HEADERS,
+    KEPT_RESPONSE_HEADERS,
+    credentials,
+    header_values,
+    joined,
+    kept,
+)
 from meterproxy.wire.tap import ResponseTap
 
 log = logging.getLogger("meterproxy")
 
 MITMPROXY_DEFAULT_CONFDIR = "~/.mitmproxy"
-GIL_SWITCH_INTERVAL = 0.001
-"""Seconds (Python's default is 0.005)."""
-SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
-KEPT_REQUEST_HEADERS = ("content-type", "content-encoding", "user-agent")
-KEPT_RESPONSE_HEADERS = (
-    "content-type", "content-encoding", "x-request-id", "request-id", "apim-request-id",
-    "x-goog-request-id", "mistral-correlation-id",
-)
+PIPELINE_OPTIONS = frozenset({
+    "meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca", "meterproxy_forward",
+    "meterproxy_forward_previews", "meterproxy_store", "meterproxy_jsonl",
+})
+"""Options whose change rebuilds the pipeline."""
 
 
 @dataclass(slots=True)
@@ -87,9 +77,7 @@ class MeterAddon:
     """Meters LLM calls to routed hosts into the ledger of a meterproxy home."""
 
     def __init__(self) -> None:
-        self.writer: LedgerWriter | None = None
-        self.sender: Sender | None = None
-        self.routes: RouteTable | None = None
+        self.pipeline: Pipeline | None = None
         self._clients: dict[str, _Client] = {}
         self._flows: dict[str, _Flow] = {}
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meterproxy-proc")
@@ -136,57 +124,30 @@ class MeterAddon:
     def configure(self, updated: set[str]) -> None:
         if "meterproxy_inject_stream_usage" in updated:
             self.inject_stream_usage = ctx.options.meterproxy_inject_stream_usage
-        if not {
-            "meterproxy_home", "meterproxy_routes", "meterproxy_upstream_ca",
-            "meterproxy_forward", "meterproxy_forward_previews", "meterproxy_store", "meterproxy_jsonl",
-        } & updated:
+        if not PIPELINE_OPTIONS & updated:
             return
+        options = ctx.options
+        settings = Settings(
+            home=options.meterproxy_home, routes=options.meterproxy_routes,
+            upstream_ca=options.meterproxy_upstream_ca, store=options.meterproxy_store,
+            forward=options.meterproxy_forward, forward_previews=options.meterproxy_forward_previews,
+            jsonl=options.meterproxy_jsonl,
+        )
         try:
-            home = Home.resolve(ctx.options.meterproxy_home or None).ensure()
-            config = home.load_config()
-            self.routes = RouteTable.build(ctx.options.meterproxy_routes, config.routes, PROVIDERS)
-            storage = _storage(ctx.options.meterproxy_store or config.storage.store, config)
-            meter = Meter(PriceTable.load(home.pricing_file), storage)
-            upstream_ca = ctx.options.meterproxy_upstream_ca or config.proxy.upstream_ca
-            bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
-            forwarding = Forwarding.resolve(
-                config, os.environ, ctx.options.meterproxy_forward, ctx.options.meterproxy_forward_previews,
-                store_policy=storage.policy,
-            )
-            writer = LedgerWriter(home.ledger, meter)
-            if ctx.options.meterproxy_jsonl and config.logs.jsonl:
-                writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
-            sender = attach(writer, home, forwarding)
-            writer.start()
-            tokens.preload()
+            pipeline = Pipeline.build(settings)
+            pipeline.start()
         except MeterproxyError as e:
             raise exceptions.OptionsError(str(e)) from e
-        redact_logs(storage.redactor)
-        log.info(_describe(storage))
-        if self.writer is not None:
-            self.writer.close()
-        if self.sender is not None:
-            self.sender.stop()
-        self.writer, self.sender = writer, sender
-        if sender is not None:
-            sender.start()
+        if self.pipeline is not None:
+            self.pipeline.close()
+        self.pipeline = pipeline
         changes: dict[str, object] = {}
-        if ctx.options.confdir == MITMPROXY_DEFAULT_CONFDIR:
-            changes["confdir"] = str(home.certs)
-        if bundle is not None:
-            changes["ssl_verify_upstream_trusted_ca"] = str(bundle)
+        if options.confdir == MITMPROXY_DEFAULT_CONFDIR:
+            changes["confdir"] = str(pipeline.home.certs)
+        if pipeline.upstream_bundle is not None:
+            changes["ssl_verify_upstream_trusted_ca"] = str(pipeline.upstream_bundle)
         if changes:
-            ctx.options.update(**changes)
-
-    def running(self) -> None:
-        # The writer thread holds the GIL for a whole batch of records (milliseconds at hundreds
-        # of calls/s); a shorter switch interval bounds how long it can keep the event loop waiting.
-        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
-        # What startup built (modules, redaction rules, prices) lives as long as the proxy: out of
-        # the collector's sight, a full collection scans only what came since, and pauses the
-        # event loop for 10-25 ms instead of 80-120 ms (measured with bench/).
-        gc.collect()
-        gc.freeze()
+            options.update(**changes)
 
     def done(self) -> None:
         for state in self._flows.values():
@@ -194,10 +155,8 @@ class MeterAddon:
             state.exchange.error = "proxy shut down before the call finished"
             self._submit(state)
         self._flows.clear()
-        if self.writer is not None:
-            self.writer.close()
-        if self.sender is not None:
-            self.sender.stop()
+        if self.pipeline is not None:
+            self.pipeline.close()
         self._lookups.shutdown(wait=False, cancel_futures=True)
 
     # --- connections ---------------------------------------------------------------------
@@ -213,15 +172,16 @@ class MeterAddon:
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         address = data.context.server.address
         host = data.client_hello.sni or (address[0] if address else None)
-        if not host or not address or self.routes is None:
+        if not host or not address or self.pipeline is None:
             data.ignore_connection = True
-        elif self.routes.provider_for(host, address[1]) is None:
+        elif self.pipeline.routes.provider_for(host, address[1]) is None:
             data.ignore_connection = True
 
     # --- flows ---------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        provider = self.routes.provider_for(flow.request.host, flow.request.port) if self.routes else None
+        routes = self.pipeline.routes if self.pipeline else None
+        provider = routes.provider_for(flow.request.host, flow.request.port) if routes else None
         if provider is None:
             return
         request = flow.request
@@ -255,17 +215,16 @@ class MeterAddon:
                 del headers["proxy-authorization"]
             return
         ex = state.exchange
-        found = _header_values(headers)
-        ex.agent = clean_label(_joined(found, AGENT_HEADER)) or proxy_auth_user(
-            _joined(found, "proxy-authorization")
-        )
-        ex.session = clean_label(_joined(found, SESSION_HEADER))
-        ex.task = clean_label(_joined(found, TASK_HEADER))
+        found = header_values(headers.fields)
+        ex.agent = clean_label(joined(found, AGENT_HEADER)) or proxy_auth_user(joined(found, "proxy-authorization"))
+        ex.session = clean_label(joined(found, SESSION_HEADER))
+        ex.task = clean_label(joined(found, TASK_HEADER))
         for name in STRIPPED_HEADERS:
             if name in found:
                 del headers[name]
-        ex.request_headers = {h: ", ".join(found[h]) for h in KEPT_REQUEST_HEADERS if h in found}
-        ex.secrets = _secrets(flow.request, found)
+        ex.request_headers = kept(found, KEPT_REQUEST_HEADERS)
+        query = flow.request.query.items(multi=True) if "?" in flow.request.path else ()
+        ex.secrets = credentials(found, query)
         ex.request_body = flow.request.raw_content or b""
         ex.request_bytes = len(ex.request_body)
         if self.inject_stream_usage:
@@ -337,8 +296,7 @@ class MeterAddon:
         ex.ended_at = time.time()
         if flow.response is not None:
             ex.status = flow.response.status_code
-            found = _header_values(flow.response.headers)
-            ex.response_headers = {h: ", ".join(found[h]) for h in KEPT_RESPONSE_HEADERS if h in found}
+            ex.response_headers = kept(header_values(flow.response.headers.fields), KEPT_RESPONSE_HEADERS)
         if state.tap is not None:
             ex.first_byte_at = state.tap.first_byte_at
             ex.response_bytes = state.tap.wire_bytes
@@ -356,63 +314,12 @@ class MeterAddon:
         ex.client_process = state.client.process
         if not ex.ended_at:
             ex.ended_at = time.time()
-        if self.writer is not None:
-            self.writer.submit(ex)
+        if self.pipeline is not None:
+            self.pipeline.writer.submit(ex)
 
     def in_flight(self) -> int:
         """Metered calls still in progress (for a graceful shutdown)."""
         return len(self._flows)
-
-
-def _header_values(headers: http.Headers) -> dict[str, list[str]]:
-    """Every header's values by lower-case name, read in one pass.
-
-    Each ``headers.get`` or ``name in headers`` scans and decodes all fields again; a dozen of
-    them were most of the addon's time per call on the event loop.
-    """
-    found: dict[str, list[str]] = {}
-    for name, value in headers.fields:
-        key = name.decode("utf-8", "surrogateescape").lower()
-        found.setdefault(key, []).append(value.decode("utf-8", "surrogateescape"))
-    return found
-
-
-def _joined(found: dict[str, list[str]], name: str) -> str | None:
-    """A header's value as ``headers.get`` gives it (repeated values joined), or None."""
-    values = found.get(name)
-    return ", ".join(values) if values else None
-
-
-def _secrets(request: http.Request, found: dict[str, list[str]]) -> tuple[str, ...]:
-    """Credential values in a request: scrubbed from anything stored, never stored themselves."""
-    values = []
-    for name in SECRET_HEADERS:
-        for value in found.get(name, ()):
-            values.append(value)
-            scheme, _, token = value.partition(" ")
-            if token and scheme.lower() in ("bearer", "basic", "token"):
-                values.append(token.strip())
-    if "?" in request.path:
-        for key, value in request.query.items(multi=True):
-            if key.lower() in ("key", "api_key", "api-key") and value:
-                values.append(value)
-    return tuple(v for v in values if len(v) >= 8)
-
-
-def _storage(policy: str, config: Config) -> Storage:
-    if policy not in STORE_POLICIES:
-        raise MeterproxyError(f"bad storage policy {policy!r}: choose one of {', '.join(STORE_POLICIES)}")
-    redactor = Redactor(config.redact.patterns, config.redact.allow)
-    return Storage(policy, config.storage.preview_chars, redactor)  # type: ignore[arg-type]
-
-
-def _describe(storage: Storage) -> str:
-    if storage.policy == "none":
-        return "storing no call content (metadata and usage only)"
-    previews = f"previews of {storage.preview_chars} characters"
-    if storage.policy == "preview":
-        return f"storing redacted {previews}"
-    return f"storing redacted full bodies (compressed) and {previews}"
 
 
 def _abort_side(flow: http.HTTPFlow, message: str) -> Abort | None:
@@ -431,18 +338,3 @@ def _abort_side(flow: http.HTTPFlow, message: str) -> Abort | None:
     ):
         return "upstream"
     return None
-
-
-def _upstream_bundle(home: Home, extra_ca: Path) -> Path:
-    """Public roots plus ``extra_ca``, written to the home: mitmproxy trusts one file only."""
-    try:
-        extra = extra_ca.read_bytes()
-    except OSError as e:
-        raise MeterproxyError(f"cannot read upstream CA {extra_ca}: {e.strerror}") from e
-    if b"-----BEGIN CERTIFICATE-----" not in extra:
-        raise MeterproxyError(f"upstream CA {extra_ca} holds no PEM certificate")
-    bundle = home.upstream_bundle
-    with open(bundle, "wb") as out, open(certifi.where(), "rb") as roots:
-        shutil.copyfileobj(roots, out)
-        out.write(b"\n" + extra)
-    return bundle

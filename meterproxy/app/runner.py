@@ -1,6 +1,8 @@
 """``meterproxy start``: mitmproxy in-process, regular proxy mode, with the meter addon.
 
-On SIGINT/SIGTERM the proxy stops accepting connections, lets calls in flight finish (up to
+Process-wide tuning (the GIL switch interval, freezing startup objects out of the collector's
+sight) happens here, in meterproxy's own process only: the addon loaded into a user's own
+``mitmdump`` changes nothing process-wide. On SIGINT/SIGTERM the proxy stops accepting connections, lets calls in flight finish (up to
 ``grace`` seconds), writes every queued record, and returns 0. A second signal stops at once
 (still writing what is queued).
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -26,6 +29,9 @@ from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 
 log = logging.getLogger("meterproxy")
+
+GIL_SWITCH_INTERVAL = 0.001
+"""Seconds (Python's default is 0.005)."""
 
 
 @dataclass
@@ -106,7 +112,7 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     await proxy.run()
-    written = meter.writer.written if meter.writer else 0
+    written = meter.pipeline.writer.written if meter.pipeline else 0
     print(f"meterproxy stopped: {written} records written to {spec.home.ledger}", file=sys.stderr)
     return 0
 
@@ -123,14 +129,26 @@ async def _drain_and_stop(proxy: master.Master, meter: MeterAddon, grace: float)
 
 
 class _Ready:
-    """Reports the real listen address once mitmproxy is serving."""
+    """Tunes the process and reports the real listen address once mitmproxy is serving."""
 
     def __init__(self, on_ready: Callable[[str, int], None]):
         self.on_ready = on_ready
 
     def running(self) -> None:
+        _tune_process()
         server = ctx.master.addons.get("proxyserver")
         addresses = server.listen_addrs() if server else []
         if addresses:
             host, port = addresses[0][:2]
             self.on_ready(host, port)
+
+
+def _tune_process() -> None:
+    # The writer thread holds the GIL while it meters a few calls; a shorter switch interval
+    # bounds how long it can keep the event loop waiting.
+    sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
+    # What startup built (modules, redaction rules, prices) lives as long as the proxy: out of
+    # the collector's sight, a full collection scans only what came since, and pauses the
+    # event loop for 10-25 ms instead of 80-120 ms (measured with bench/).
+    gc.collect()
+    gc.freeze()

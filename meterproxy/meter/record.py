@@ -20,11 +20,10 @@ from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo
 from meterproxy.providers.usage import Usage, UsageSource
 from meterproxy.times import at_utc, iso_utc
 from meterproxy.wire.exchange import Exchange
+from meterproxy.wire.headers import REQUEST_ID_HEADERS
 from meterproxy.wire.tap import decode_body
 
 log = logging.getLogger("meterproxy")
-
-REQUEST_ID_HEADERS = ("x-request-id", "request-id", "apim-request-id", "x-goog-request-id")
 
 
 @dataclass(slots=True)

@@ -28,14 +28,12 @@ from meterproxy.meter.content import last_user_text, response_slots, stream_slot
 from meterproxy.providers.base import ParsedResponse, SseEvent, ndjson_lines, sse_events
 from meterproxy.redact.engine import PLACEHOLDER, CallRedaction, Redactor, TextCache
 from meterproxy.wire.exchange import Exchange
+from meterproxy.wire.headers import STORED_REQUEST_HEADERS, stored_header
 from meterproxy.wire.tap import Body
 
 log = logging.getLogger("meterproxy")
 
 
-STORED_REQUEST_HEADERS = ("content-type", "user-agent")
-"""With the response's content type and request id, the only headers ever stored."""
-REQUEST_ID_SUFFIXES = ("request-id", "requestid", "correlation-id")
 
 SAFE_FIELDS = frozenset({
     "id", "started_at", "provider", "host", "method", "outcome", "agent", "session", "task",
@@ -145,13 +143,9 @@ def _compress(content: Any) -> bytes:
 
 def _headers(ex: Exchange, call: CallRedaction) -> dict[str, dict[str, str]]:
     """The allow-listed headers: content type, user agent, the provider's request id."""
-    response = {
-        name: value for name, value in ex.response_headers.items()
-        if name == "content-type" or name.endswith(REQUEST_ID_SUFFIXES)
-    }
     return {
         "request": {h: call.text(ex.request_headers[h]) for h in STORED_REQUEST_HEADERS if h in ex.request_headers},
-        "response": {name: call.text(value) for name, value in response.items()},
+        "response": {name: call.text(value) for name, value in ex.response_headers.items() if stored_header(name)},
     }
 
 

@@ -1,0 +1,126 @@
+"""The one composition root: a home and its config in, the running pipeline out.
+
+:class:`Pipeline` builds every stage of a metering proxy (routes, storage policy and
+redactor, price table, meter, ledger writer, JSONL mirror, outbox and sender) and starts and
+stops them together. The mitmproxy addon holds a pipeline and only feeds it exchanges; a stage
+that needs another gets it here, never by building it itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import certifi
+
+from meterproxy.config import STORE_POLICIES, Config, Home
+from meterproxy.errors import MeterproxyError
+from meterproxy.ledger.mirror import JsonlMirror
+from meterproxy.ledger.writer import LedgerWriter
+from meterproxy.meter import tokens
+from meterproxy.meter.record import Meter
+from meterproxy.meter.storage import Storage
+from meterproxy.outbox.sender import Forwarding, Sender, attach
+from meterproxy.pricing.table import PriceTable
+from meterproxy.providers import PROVIDERS
+from meterproxy.redact.engine import Redactor, redact_logs
+from meterproxy.wire.routes import RouteTable
+
+log = logging.getLogger("meterproxy")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the command line (or mitmproxy options) adds to config.toml; empty means config.toml's."""
+
+    home: str = ""
+    routes: Sequence[str] = ()
+    upstream_ca: str = ""
+    store: str = ""
+    forward: bool = False
+    forward_previews: bool = False
+    jsonl: bool = True
+
+
+@dataclass
+class Pipeline:
+    """Every stage a metering proxy runs for one home, wired together."""
+
+    home: Home
+    config: Config
+    routes: RouteTable
+    storage: Storage
+    writer: LedgerWriter
+    sender: Sender | None
+    upstream_bundle: Path | None
+    """Public roots plus the configured upstream CA, for mitmproxy's upstream TLS (None: public roots)."""
+
+    @classmethod
+    def build(cls, settings: Settings) -> Pipeline:
+        """Build the pipeline (nothing runs yet); a bad home, config or price file raises MeterproxyError."""
+        home = Home.resolve(settings.home or None).ensure()
+        config = home.load_config()
+        routes = RouteTable.build(settings.routes, config.routes, PROVIDERS)
+        storage = _storage(settings.store or config.storage.store, config)
+        meter = Meter(PriceTable.load(home.pricing_file), storage)
+        upstream_ca = settings.upstream_ca or config.proxy.upstream_ca
+        bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
+        forwarding = Forwarding.resolve(
+            config, os.environ, settings.forward, settings.forward_previews, store_policy=storage.policy,
+        )
+        writer = LedgerWriter(home.ledger, meter)
+        if settings.jsonl and config.logs.jsonl:
+            writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
+        sender = attach(writer, home, forwarding)
+        return cls(home, config, routes, storage, writer, sender, bundle)
+
+    def start(self) -> None:
+        """Open the ledger and start the writer (a broken ledger raises here), then the rest."""
+        self.writer.start()
+        tokens.preload()
+        redact_logs(self.storage.redactor)
+        log.info(self.describe())
+        if self.sender is not None:
+            self.sender.start()
+
+    def close(self) -> None:
+        """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""
+        self.writer.close()
+        if self.sender is not None:
+            self.sender.stop()
+
+    def describe(self) -> str:
+        """What of each call's content is stored, in one line."""
+        storage = self.storage
+        if storage.policy == "none":
+            return "storing no call content (metadata and usage only)"
+        previews = f"previews of {storage.preview_chars} characters"
+        if storage.policy == "preview":
+            return f"storing redacted {previews}"
+        return f"storing redacted full bodies (compressed) and {previews}"
+
+
+def _storage(policy: str, config: Config) -> Storage:
+    if policy not in STORE_POLICIES:
+        raise MeterproxyError(f"bad storage policy {policy!r}: choose one of {', '.join(STORE_POLICIES)}")
+    redactor = Redactor(config.redact.patterns, config.redact.allow)
+    return Storage(policy, config.storage.preview_chars, redactor)  # type: ignore[arg-type]
+
+
+def _upstream_bundle(home: Home, extra_ca: Path) -> Path:
+    """Public roots plus ``extra_ca``, written to the home: mitmproxy trusts one file only."""
+    try:
+        extra = extra_ca.read_bytes()
+    except OSError as e:
+        raise MeterproxyError(f"cannot read upstream CA {extra_ca}: {e.strerror}") from e
+    if b"-----BEGIN CERTIFICATE-----" not in extra:
+        raise MeterproxyError(f"upstream CA {extra_ca} holds no PEM certificate")
+    bundle = home.upstream_bundle
+    with open(bundle, "wb") as out, open(certifi.where(), "rb") as roots:
+        shutil.copyfileobj(roots, out)
+        out.write(b"\n" + extra)
+    return bundle
