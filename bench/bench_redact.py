@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from meterproxy.meter.storage import Storage  # noqa: E402
+from meterproxy.providers.base import decode_request  # noqa: E402
 from meterproxy.redact.engine import Redactor  # noqa: E402
 from meterproxy.wire.exchange import Exchange  # noqa: E402
 from meterproxy.wire.tap import Body  # noqa: E402
@@ -94,16 +95,16 @@ def main() -> None:
     print(f"\nStorage.finish per call: a {len(request) // 1000} KB request, a {len(stream) // 1000} KB stream "
           f"of {stream.count(b'data: ')} events:")
     for policy in ("none", "preview", "full"):
-        ms = timed(lambda: Storage(policy).finish("calls", {}, exchange(request, stream), request), repeat=7)
+        ms = timed(lambda: Storage(policy).finish("calls", {}, exchange(request, stream), request, decode_request(request)), repeat=7)
         print(f"  {policy:<8} {ms:7.1f} ms  -> {1000 / ms:6.1f} calls/s on one writer thread")
 
     # The next call of the same conversation resends the history: its messages are cached.
     storage = Storage("full")
-    storage.finish("calls", {}, exchange(request, stream), request)
+    storage.finish("calls", {}, exchange(request, stream), request, decode_request(request))
     history = json.loads(request)
     history["messages"].append({"role": "user", "content": "And now the summary, please."})
     follow_up = json.dumps(history).encode()
-    ms = timed(lambda: storage.finish("calls", {}, exchange(follow_up, stream), follow_up), repeat=7)
+    ms = timed(lambda: storage.finish("calls", {}, exchange(follow_up, stream), follow_up, decode_request(follow_up)), repeat=7)
     print(f"  full, the conversation's next call (history cached): {ms:5.1f} ms -> {1000 / ms:6.1f} calls/s")
 
 

@@ -106,18 +106,18 @@ def test_endpoint_kinds(provider: str, method: str, path: str, kind: str) -> Non
 
 def test_requests_name_their_model_stream_and_prompt() -> None:
     azure = get_provider("azure").parse_request(
-        "/openai/deployments/gpt4o-prod/chat/completions", b'{"messages":[{"role":"user","content":"hi"}],"stream":true}'
+        "/openai/deployments/gpt4o-prod/chat/completions", json.loads(b'{"messages":[{"role":"user","content":"hi"}],"stream":true}')
     )
     assert (azure.model, azure.stream, azure.prompt.messages) == ("gpt4o-prod", True, 1)
 
     gemini = get_provider("gemini").parse_request(
         "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
-        json.dumps({
+        {
             "systemInstruction": {"parts": [{"text": "Be brief."}]},
             "contents": [{"role": "user", "parts": [{"text": "Why is the sky blue?"},
                                                      {"inlineData": {"mimeType": "image/png", "data": "iVBORw0K" * 100}}]}],
             "tools": [{"functionDeclarations": [{"name": "get_weather"}]}],
-        }).encode(),
+        },
     )
     assert (gemini.model, gemini.stream, gemini.prompt.messages, gemini.prompt.media) == ("gemini-2.5-flash", True, 2, 1)
     assert "Why is the sky blue?" in gemini.prompt.texts and "Be brief." in gemini.prompt.texts
@@ -126,17 +126,17 @@ def test_requests_name_their_model_stream_and_prompt() -> None:
 
     vertex_claude = get_provider("vertex").parse_request(
         "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict",
-        b'{"anthropic_version":"vertex-2023-10-16","messages":[{"role":"user","content":"hi"}],"max_tokens":5}',
+        json.loads(b'{"anthropic_version":"vertex-2023-10-16","messages":[{"role":"user","content":"hi"}],"max_tokens":5}'),
     )
     assert (vertex_claude.model, vertex_claude.stream) == ("claude-sonnet-4-5@20250929", True)
 
     ollama = get_provider("ollama")
-    assert ollama.parse_request("/api/chat", b'{"model":"llama3.2","messages":[]}').stream  # NDJSON unless told not to
-    assert not ollama.parse_request("/api/chat", b'{"model":"llama3.2","stream":false}').stream
-    assert not ollama.parse_request("/api/embed", b'{"model":"all-minilm","input":"x"}').stream
+    assert ollama.parse_request("/api/chat", json.loads(b'{"model":"llama3.2","messages":[]}')).stream  # NDJSON unless told not to
+    assert not ollama.parse_request("/api/chat", json.loads(b'{"model":"llama3.2","stream":false}')).stream
+    assert not ollama.parse_request("/api/embed", json.loads(b'{"model":"all-minilm","input":"x"}')).stream
 
     responses = get_provider("openai").parse_request(
-        "/v1/responses", b'{"model":"gpt-4.1","instructions":"Be terse.","input":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}'
+        "/v1/responses", json.loads(b'{"model":"gpt-4.1","instructions":"Be terse.","input":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}')
     )
     assert responses.prompt.messages == 3 and responses.prompt.texts == ["Be terse.", "user", "a", "user", "b"]
 

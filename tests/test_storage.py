@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterproxy.meter.storage import Storage, read_body
+from meterproxy.providers.base import decode_request
 from meterproxy.redact.engine import Redactor
 from meterproxy.wire.exchange import Exchange
 from meterproxy.wire.tap import Body
@@ -33,7 +34,9 @@ def exchange(request: Any, response_bytes: bytes, content_type: str = "applicati
 
 
 def store(ex: Exchange, policy: str = "preview", row: dict | None = None, **options: Any) -> dict[str, Any]:
-    return Storage(policy, **options).finish("calls", dict(row or {}), ex, ex.request_body)  # type: ignore[arg-type]
+    return Storage(policy, **options).finish(  # type: ignore[arg-type]
+        "calls", dict(row or {}), ex, ex.request_body, decode_request(ex.request_body)
+    )
 
 
 def sse(*events: dict, named: bool = False, done: bool = False) -> bytes:
@@ -238,7 +241,8 @@ def test_a_secret_across_the_preview_cut_is_still_redacted() -> None:
 
 def test_extra_patterns_apply_to_stored_content() -> None:
     storage = Storage("preview", redactor=Redactor({"employee_id": r"EMP-\d{6}"}))
-    row = storage.finish("calls", {}, exchange({"input": "EMP-123456 asked"}, b"{}"), b'{"input": "EMP-123456 asked"}')
+    request = b'{"input": "EMP-123456 asked"}'
+    row = storage.finish("calls", {}, exchange({"input": "EMP-123456 asked"}, b"{}"), request, decode_request(request))
     assert row["request_preview"] == "[REDACTED:employee_id] asked"
 
 

@@ -44,7 +44,7 @@ def test_chat_estimate_counts_messages_tools_and_system_prompt() -> None:
         ],
         "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
     }
-    request = get_provider("openai").parse_request("/v1/chat/completions", json.dumps(body).encode())
+    request = get_provider("openai").parse_request("/v1/chat/completions", body)
     estimate = tokens.estimate(request.prompt, ["It is ", "a cat."], "gpt-4o")
     enc = tiktoken.get_encoding("o200k_base")
     tools_json = json.dumps(body["tools"], separators=(",", ":"))
@@ -55,7 +55,7 @@ def test_chat_estimate_counts_messages_tools_and_system_prompt() -> None:
 
 
 def test_other_models_use_the_nearest_encoding_and_say_so() -> None:
-    request = get_provider("anthropic").parse_request("/v1/messages", b'{"system":"Be brief.","messages":[{"role":"user","content":"Hi"}]}')
+    request = get_provider("anthropic").parse_request("/v1/messages", json.loads(b'{"system":"Be brief.","messages":[{"role":"user","content":"Hi"}]}'))
     estimate = tokens.estimate(request.prompt, ["Hello!"], "claude-sonnet-4-5")
     assert estimate.method == "tiktoken o200k_base (nearest encoding for claude-sonnet-4-5)"
     assert estimate.input_tokens > 2 * 3 + 3
@@ -63,7 +63,7 @@ def test_other_models_use_the_nearest_encoding_and_say_so() -> None:
 
 def test_without_an_encoding_the_estimate_is_a_marked_heuristic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tokens, "_encodings", tokens._Encodings(("no_such_encoding",)))
-    request = get_provider("openai").parse_request("/v1/chat/completions", b'{"messages":[{"role":"user","content":"h\xc3\xa9llo world"}]}')
+    request = get_provider("openai").parse_request("/v1/chat/completions", json.loads(b'{"messages":[{"role":"user","content":"h\xc3\xa9llo world"}]}'))
     estimate = tokens.estimate(request.prompt, ["日本語のテキスト"], "gpt-4o")
     assert estimate.method.startswith("character heuristic (1 token per 4 UTF-8 bytes)")
     assert "o200k_base not loaded" in estimate.method

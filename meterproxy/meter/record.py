@@ -16,7 +16,7 @@ from meterproxy.meter import tokens
 from meterproxy.meter.storage import Storage
 from meterproxy.pricing.table import NO_PRICE, PriceTable
 from meterproxy.providers import get_provider
-from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo
+from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo, decode_request
 from meterproxy.providers.usage import Usage, UsageSource
 from meterproxy.times import at_utc, iso_utc
 from meterproxy.wire.exchange import Exchange
@@ -52,7 +52,8 @@ class Meter:
             return Record("api_calls", self.storage.finish("api_calls", common, ex))
 
         request_body = _request_body(ex)
-        request = provider.parse_request(ex.path, request_body)
+        request_json = decode_request(request_body)
+        request = provider.parse_request(ex.path, request_json if isinstance(request_json, dict) else {})
         parsed = (
             provider.parse_response(ex.path, ex.body(), ex.response_headers.get("content-type", ""))
             if ex.status is not None
@@ -85,7 +86,7 @@ class Meter:
         row |= self._price(ex, model, usage, usage_source, outcome, parsed.provider_cost_usd)
         if outcome == "error" and not row["error"]:
             row["error"] = parsed.error or (f"HTTP {ex.status}" if ex.status else "no response")
-        return Record("calls", self.storage.finish("calls", row, ex, request_body, parsed))
+        return Record("calls", self.storage.finish("calls", row, ex, request_body, request_json, parsed))
 
     def unreadable(self, ex: Exchange, problem: Exception) -> Record:
         """A row for a call the meter failed on: recorded, flagged, never dropped."""

@@ -25,11 +25,12 @@ import zstandard
 
 from meterproxy.config import DEFAULT_PREVIEW_CHARS, StorePolicy
 from meterproxy.meter.content import last_user_text, response_slots, stream_slots
-from meterproxy.providers.base import ParsedResponse, SseEvent, ndjson_lines, sse_events
+from meterproxy.providers.base import ParsedResponse
 from meterproxy.redact.engine import PLACEHOLDER, CallRedaction, Redactor, TextCache
 from meterproxy.wire.exchange import Exchange
+from meterproxy.wire.framing import Frame, frames, whole_json
 from meterproxy.wire.headers import STORED_REQUEST_HEADERS, stored_header
-from meterproxy.wire.tap import Body
+from meterproxy.wire.tap import Body, stream_kind
 
 log = logging.getLogger("meterproxy")
 
@@ -65,9 +66,14 @@ class Storage:
         row: dict[str, Any],
         ex: Exchange,
         request_body: bytes | None = None,
+        request_json: Any = None,
         parsed: ParsedResponse | None = None,
     ) -> dict[str, Any]:
-        """Add the stored content to ``row`` and redact every string in it. Never raises."""
+        """Add the stored content to ``row`` and redact every string in it. Never raises.
+
+        ``request_json`` is the request body's decoded JSON (None when it is not JSON), and the
+        response's events and JSON are those the provider parser decoded: nothing is parsed twice.
+        """
         call = CallRedaction(self.redactor, ex.secrets, self.cache)
         done: set[str] = set()
         if table == "calls":
@@ -75,7 +81,7 @@ class Storage:
             done.add("headers")
             if self.policy != "none" and request_body is not None:
                 try:
-                    row |= self._content(ex, request_body, parsed, call)
+                    row |= self._content(ex, request_body, request_json, parsed, call)
                 except Exception:  # content is optional; the call's usage and cost are not
                     log.exception("could not store the content of call %s", ex.id)
                     row |= {"request_preview": None, "response_preview": None,
@@ -89,10 +95,9 @@ class Storage:
         return row
 
     def _content(
-        self, ex: Exchange, request_body: bytes, parsed: ParsedResponse | None, call: CallRedaction
+        self, ex: Exchange, request_body: bytes, request: Any, parsed: ParsedResponse | None, call: CallRedaction
     ) -> dict[str, Any]:
         # Previews in ``full`` come from the redacted bodies: each finding is counted once.
-        request = _json(request_body)
         content: dict[str, Any] = {}
         if self.policy == "full" and request_body:
             stored = call.json(request) if request is not None else _text(request_body, call)
@@ -149,11 +154,11 @@ def _headers(ex: Exchange, call: CallRedaction) -> dict[str, dict[str, str]]:
     }
 
 
-def _json(data: bytes) -> Any:
-    """Decoded JSON, or None when ``data`` is not JSON."""
+def _json(body: Body) -> Any:
+    """A whole body's decoded JSON, or None when it is not JSON."""
     try:
-        return json.loads(data) if data.strip() else None
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return whole_json(body)
+    except ValueError:
         return None
 
 
@@ -162,22 +167,10 @@ def _text(data: bytes, call: CallRedaction) -> str:
     return call.text(data.decode("utf-8", errors="replace"))
 
 
-def _events(body: Body, content_type: str) -> list[tuple[str | None, Any]] | None:
-    """A stream body as (SSE event name or None for NDJSON, decoded data or raw text) pairs;
-    None when the body is no stream."""
-    if "text/event-stream" in content_type:
-        events: list[SseEvent] = list(sse_events(body))
-        return [(e.event, _json_text(e.data)) for e in events]
-    if "ndjson" in content_type or "jsonl" in content_type:
-        return [(None, _json_text(line.decode("utf-8", errors="replace"))) for line in ndjson_lines(body)]
-    return None
-
-
-def _json_text(data: str) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return data
+def _events(body: Body, content_type: str) -> list[Frame] | None:
+    """A stream body's events (see :func:`meterproxy.wire.framing.frames`); None when it is no stream."""
+    kind = stream_kind(content_type)
+    return frames(body, kind) if kind is not None else None
 
 
 def _response_text(body: Body, content_type: str, call: CallRedaction, chars: int) -> str:
@@ -187,9 +180,7 @@ def _response_text(body: Body, content_type: str, call: CallRedaction, chars: in
     if events is not None:
         texts = (container[key] for _, data in events for container, key in stream_slots(data))
         return "".join(call.pieces(_first_chars(texts, chars)))
-    data = body.complete_bytes
-    decoded = _json(data) if data is not None else None
-    texts = (container[key] for container, key in response_slots(decoded))
+    texts = (container[key] for container, key in response_slots(_json(body)))
     return "\n".join(call.text(text) for text in _first_chars(texts, chars))
 
 
@@ -213,7 +204,7 @@ def _stored_response(body: Body, content_type: str, call: CallRedaction) -> tupl
     events = _events(body, content_type)
     if events is None:
         data = body.complete_bytes
-        decoded = _json(data) if data is not None else None
+        decoded = _json(body)
         if decoded is not None:
             stored = call.json(decoded)
             return json.dumps(stored, ensure_ascii=False), "\n".join(c[k] for c, k in response_slots(stored))
@@ -227,7 +218,7 @@ def _stored_response(body: Body, content_type: str, call: CallRedaction) -> tupl
         container[key] = piece
     lines = []
     if body.truncated:
-        lines.append(f": {_gap(body)}\n\n" if "text/event-stream" in content_type else f"{_gap(body)}\n")
+        lines.append(f": {_gap(body)}\n\n" if stream_kind(content_type) == "sse" else f"{_gap(body)}\n")
     for name, data in events:
         text = call.text(data) if isinstance(data, str) else json.dumps(call.json(data), ensure_ascii=False)
         if name is None:

@@ -25,7 +25,6 @@ from meterproxy.providers.base import (
     binary_response,
     classify,
     error_message,
-    json_request,
     parse_json_response,
     sse_json,
     strings,
@@ -61,16 +60,15 @@ class AnthropicProvider:
     def stream_usage_path(self, path: str) -> bool:
         return False
 
-    def parse_request(self, path: str, body: bytes) -> RequestInfo:
-        return parse_request(body)
+    def parse_request(self, path: str, data: dict[str, Any]) -> RequestInfo:
+        return parse_request(data)
 
     def parse_response(self, path: str, body: Body, content_type: str) -> ParsedResponse:
         return parse_response(body, content_type)
 
 
-def parse_request(body: bytes) -> RequestInfo:
+def parse_request(data: dict[str, Any]) -> RequestInfo:
     """Model, stream flag and prompt (system, messages, tools) of a Messages request."""
-    data = json_request(body)
     info = RequestInfo(model=as_str(data.get("model")), stream=data.get("stream") is True)
     info.prompt.message(data.get("system"))
     info.prompt.messages_of(data.get("messages"))

@@ -12,6 +12,7 @@ chunk that has no model and no choices.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from meterproxy.providers.base import EndpointKind, RequestInfo
 from meterproxy.providers.openai import OpenAICompatible
@@ -29,8 +30,8 @@ class AzureProvider(OpenAICompatible):
             return "api"
         return super().endpoint_kind(method, path)
 
-    def parse_request(self, path: str, body: bytes) -> RequestInfo:
-        info = super().parse_request(path, body)
+    def parse_request(self, path: str, data: dict[str, Any]) -> RequestInfo:
+        info = super().parse_request(path, data)
         if info.model is None and (match := _DEPLOYMENT.search(path)):
             info.model = match.group(1)
         return info

@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
 from meterproxy.providers.usage import Usage
+from meterproxy.wire.framing import RawText, frames, load_json, whole_json
 from meterproxy.wire.tap import Body
 
 EndpointKind = Literal["llm", "api", "unknown"]
@@ -144,7 +145,9 @@ class Provider(Protocol):
 
     def endpoint_kind(self, method: str, path: str) -> EndpointKind: ...
 
-    def parse_request(self, path: str, body: bytes) -> RequestInfo: ...
+    def parse_request(self, path: str, data: dict[str, Any]) -> RequestInfo:
+        """Read a request from its decoded JSON object ({} when the body is not one)."""
+        ...
 
     def parse_response(self, path: str, body: Body, content_type: str) -> ParsedResponse: ...
 
@@ -153,23 +156,14 @@ class Provider(Protocol):
         ...
 
 
-def load_json(data: bytes) -> Any:
-    """Parse JSON, raising ValueError (never anything else) on bad input."""
+def decode_request(body: bytes) -> Any:
+    """A request body's JSON value, or None when it is not JSON (decoded once per call, by the meter)."""
+    if not body.strip():
+        return None
     try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(str(e)) from e
-
-
-def json_request(body: bytes) -> dict[str, Any]:
-    """A request body as a JSON object, or {} when it is not one."""
-    if not body:
-        return {}
-    try:
-        data = load_json(body)
+        return load_json(body)
     except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
 
 
 def as_str(value: Any) -> str | None:
@@ -201,88 +195,36 @@ def error_message(obj: dict[str, Any]) -> str | None:
     return None
 
 
-# --- Server-sent events -------------------------------------------------------------------
-
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_LINE_END = re.compile(r"\r\n|\n|\r")
-
-
-@dataclass(slots=True)
-class SseEvent:
-    event: str
-    data: str
-
-
-def sse_events(body: Body) -> Iterator[SseEvent]:
-    """The events of an SSE body: all of them, or those of its head and tail when truncated.
-
-    An event still open at the end of the body (no blank line after it) is yielded too:
-    servers often omit the final blank line.
-    """
-    yield from _parse_sse(body.head + body.tail if not body.truncated else body.head)
-    if body.truncated:
-        # The tail starts mid-event: skip to the first event boundary.
-        match = _EVENT_END.search(body.tail)
-        if match:
-            yield from _parse_sse(body.tail[match.end():])
-
-
-def _parse_sse(data: bytes) -> Iterator[SseEvent]:
-    name, lines = "message", []
-    # Only CR, LF and CRLF end SSE lines (str.splitlines would also split on U+2028).
-    for line in _LINE_END.split(data.decode("utf-8", errors="replace")):
-        if not line:
-            if lines:
-                yield SseEvent(name, "\n".join(lines))
-            name, lines = "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        key, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if key == "event":
-            name = value
-        elif key == "data":
-            lines.append(value)
-    if lines:
-        yield SseEvent(name, "\n".join(lines))
-
-
 def sse_json(body: Body) -> Iterator[tuple[str, Any]]:
     """``(event name, parsed data)`` for each SSE event whose data is JSON.
 
     The OpenAI end marker ``data: [DONE]`` comes as ``("[DONE]", None)``; events whose data is
     not JSON are skipped.
     """
-    for event in sse_events(body):
-        if event.data.strip() == "[DONE]":
-            yield "[DONE]", None
+    for name, data in frames(body, "sse"):
+        if isinstance(data, RawText):
+            if data.strip() == "[DONE]":
+                yield "[DONE]", None
             continue
-        try:
-            yield event.event, load_json(event.data)
-        except ValueError:
-            continue
+        yield name or "message", data
 
 
-def ndjson_lines(body: Body) -> Iterator[bytes]:
-    """Non-empty lines of an NDJSON body (skipping the partial first line of a truncated tail)."""
-    yield from (line for line in (body.head if body.truncated else body.head + body.tail).splitlines() if line.strip())
-    if body.truncated:
-        _, _, rest = body.tail.partition(b"\n")
-        yield from (line for line in rest.splitlines() if line.strip())
+def ndjson_objects(body: Body) -> Iterator[Any]:
+    """The decoded lines of an NDJSON body (None for a line that is not JSON)."""
+    for _, data in frames(body, "ndjson"):
+        yield None if isinstance(data, RawText) else data
 
 
 def load_body(body: Body) -> tuple[Any, ParsedResponse | None]:
     """A whole JSON body's value, or ``(None, a ParsedResponse saying why it cannot be read)``."""
     data = body.complete_bytes
-    if data is None:
-        return None, ParsedResponse(note=f"JSON body of {body.size} bytes too large to parse")
-    if not data.strip():
+    if data is not None and not data.strip():
         return None, ParsedResponse(note="empty response body")
     try:
-        return load_json(data), None
+        return whole_json(body), None
     except ValueError as e:
+        if data is None:
+            return None, ParsedResponse(note=str(e))
         problem = f"response is not valid JSON ({e})"
         return None, ParsedResponse(note=problem, error=problem)
 

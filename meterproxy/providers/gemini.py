@@ -30,7 +30,6 @@ from meterproxy.providers.base import (
     as_str,
     binary_response,
     error_message,
-    json_request,
     load_body,
     sse_json,
 )
@@ -95,16 +94,15 @@ class GeminiProvider:
     def stream_usage_path(self, path: str) -> bool:
         return _route(path)[0] == "openai" and self._openai.stream_usage_path(path)
 
-    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+    def parse_request(self, path: str, data: dict[str, Any]) -> RequestInfo:
         kind, model, verb = _route(path)
         if kind == "openai":
-            return openai_request(path, json_request(body))
+            return openai_request(path, data)
         if kind == "anthropic":
-            info = anthropic.parse_request(body)
+            info = anthropic.parse_request(data)
             info.model = info.model or model
             info.stream = info.stream or verb == "streamRawPredict"
             return info
-        data = json_request(body)
         info = RequestInfo(model=model, stream=bool(verb and verb.startswith("stream")))
         prompt = info.prompt
         prompt.message(data.get("systemInstruction") or data.get("system_instruction"))

@@ -24,10 +24,8 @@ from meterproxy.providers.base import (
     as_str,
     binary_response,
     error_message,
-    json_request,
     load_body,
-    load_json,
-    ndjson_lines,
+    ndjson_objects,
     number_fields,
 )
 from meterproxy.providers.openai import OpenAICompatible
@@ -49,10 +47,9 @@ class OllamaProvider(OpenAICompatible):
     def stream_usage_path(self, path: str) -> bool:
         return not path.startswith("/api/") and super().stream_usage_path(path)
 
-    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+    def parse_request(self, path: str, data: dict[str, Any]) -> RequestInfo:
         if not path.startswith("/api/"):
-            return super().parse_request(path, body)
-        data = json_request(body)
+            return super().parse_request(path, data)
         streams = path.rstrip("/") in ("/api/chat", "/api/generate")
         info = RequestInfo(model=as_str(data.get("model")), stream=streams and data.get("stream") is not False)
         info.prompt.message(data.get("system"))
@@ -68,17 +65,10 @@ class OllamaProvider(OpenAICompatible):
         if (binary := binary_response(content_type)) is not None:
             return binary
         if "ndjson" in content_type:
-            objects = [_load_line(line) for line in ndjson_lines(body)]
+            objects = list(ndjson_objects(body))
             return _read(objects, streamed=True)
         value, failed = load_body(body)
         return failed if failed is not None else _read([value], streamed=False)
-
-
-def _load_line(line: bytes) -> Any:
-    try:
-        return load_json(line)
-    except ValueError:
-        return None
 
 
 def _read(objects: list[Any], streamed: bool) -> ParsedResponse:

@@ -40,7 +40,6 @@ from meterproxy.providers.base import (
     binary_response,
     classify,
     error_message,
-    json_request,
     number_fields,
     parse_json_response,
     sse_json,
@@ -127,10 +126,10 @@ class OpenAICompatible:
     def stream_usage_path(self, path: str) -> bool:
         return path.rstrip("/").endswith(("/chat/completions", "/completions"))
 
-    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+    def parse_request(self, path: str, data: dict[str, Any]) -> RequestInfo:
         if path.rstrip("/").endswith("/messages"):
-            return anthropic.parse_request(body)
-        return parse_request(path, json_request(body))
+            return anthropic.parse_request(data)
+        return parse_request(path, data)
 
     def parse_response(self, path: str, body: Body, content_type: str) -> ParsedResponse:
         if path.rstrip("/").endswith("/messages"):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import brotli
 import zstandard
@@ -25,7 +25,17 @@ HEAD_LIMIT = 8 * 1024 * 1024
 STREAM_HEAD_LIMIT = 1024 * 1024
 """Bytes kept from the start of a stream: its usage is in the first events or the last."""
 TAIL_LIMIT = 1024 * 1024
-STREAM_TYPES = ("text/event-stream", "ndjson", "jsonl")
+
+StreamKind = Literal["sse", "ndjson"]
+
+
+def stream_kind(content_type: str) -> StreamKind | None:
+    """Whether a body of this content type is a stream of events, and which kind."""
+    if "text/event-stream" in content_type:
+        return "sse"
+    if "ndjson" in content_type or "jsonl" in content_type:
+        return "ndjson"
+    return None
 
 
 @dataclass(slots=True)
@@ -39,6 +49,8 @@ class Body:
     truncated: bool = False
     """True when bytes between ``head`` and ``tail`` were dropped to bound memory."""
     decode_error: str | None = None
+    decoded: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What stages decoded from the body (:mod:`meterproxy.wire.framing`), kept so none decodes it twice."""
 
     @property
     def complete_bytes(self) -> bytes | None:
@@ -106,7 +118,7 @@ class ResponseTap:
     @classmethod
     def for_response(cls, content_type: str, content_encoding: str) -> ResponseTap:
         """A tap sized for the body's type: a long stream keeps less of its head than JSON."""
-        streamed = any(kind in content_type for kind in STREAM_TYPES)
+        streamed = stream_kind(content_type) is not None
         return cls(content_encoding, STREAM_HEAD_LIMIT if streamed else HEAD_LIMIT)
 
     __slots__ = (
