@@ -14,7 +14,9 @@ from typing import Any
 
 from meterproxy.wire.tap import Body, StreamKind
 
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+EVENT_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+"""What ends an SSE event: a blank line, with any of the three line endings."""
+EVENT_END = re.compile(b"|".join(re.escape(s) for s in EVENT_SEPARATORS))
 _LINE_END = re.compile(r"\r\n|\n|\r")
 
 
@@ -76,7 +78,7 @@ def _sse_events(body: Body) -> Iterator[tuple[str, str]]:
     yield from _parse_sse(body.head + body.tail if not body.truncated else body.head)
     if body.truncated:
         # The tail starts mid-event: skip to the first event boundary.
-        match = _EVENT_END.search(body.tail)
+        match = EVENT_END.search(body.tail)
         if match:
             yield from _parse_sse(body.tail[match.end():])
 

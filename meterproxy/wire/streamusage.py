@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import re
 
+from meterproxy.wire.framing import EVENT_END, EVENT_SEPARATORS
 from meterproxy.wire.tap import ResponseTap
 
 INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 NULL_USAGE_PROVIDERS = frozenset({"openai", "azure"})
 """Providers that add ``"usage":null`` to every chunk when ``include_usage`` is set."""
 
-_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
-_EVENT_SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
+_EVENT_SPLIT = re.compile(b"(" + EVENT_END.pattern + b")")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 
@@ -70,7 +70,7 @@ class UsageChunkStripper:
             cleaned = self._clean(rest) if rest else b""
             return [cleaned] if cleaned else []
         data = self._pending + chunk
-        end = max((i + len(sep) for sep in _SEPARATORS if (i := data.rfind(sep)) >= 0), default=0)
+        end = max((i + len(sep) for sep in EVENT_SEPARATORS if (i := data.rfind(sep)) >= 0), default=0)
         if not end:
             self._pending = data
             return []
