@@ -34,7 +34,8 @@ from meterproxy.meter.storage import Storage
 from meterproxy.outbox.sender import Forwarding, Sender, attach
 from meterproxy.pricing.table import PriceTable
 from meterproxy.providers import PROVIDERS
-from meterproxy.redact.engine import Redactor, redact_logs
+from meterproxy.redact.engine import Redactor
+from meterproxy.redact.logs import redact_logs
 from meterproxy.wire import streamusage
 from meterproxy.wire.attribution import (
     AGENT_HEADER,
