@@ -15,7 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterproxy.redact.engine import CallRedaction, RedactingFilter, Redactor, TextCache, redact_logs
+from meterproxy.redact.call import CallRedaction, TextCache
+from meterproxy.redact.engine import Redactor
+from meterproxy.redact.logs import RedactingFilter, redact_logs
 from tests.secret_corpus import CORPUS, OPENAI_KEY, Planted, planted_text
 
 REDACTOR = Redactor()

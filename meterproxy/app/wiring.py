@@ -27,7 +27,8 @@ from meterproxy.meter.storage import Storage
 from meterproxy.outbox.sender import Forwarding, Sender, attach
 from meterproxy.pricing.table import PriceTable
 from meterproxy.providers import PROVIDERS
-from meterproxy.redact.engine import Redactor, redact_logs
+from meterproxy.redact.engine import Redactor
+from meterproxy.redact.logs import redact_logs
 from meterproxy.wire.routes import RouteTable
 
 log = logging.getLogger("meterproxy")

@@ -26,7 +26,9 @@ import zstandard
 from meterproxy.config import DEFAULT_PREVIEW_CHARS, StorePolicy
 from meterproxy.meter.content import last_user_text, response_slots, stream_slots
 from meterproxy.providers.base import ParsedResponse
-from meterproxy.redact.engine import PLACEHOLDER, CallRedaction, Redactor, TextCache
+from meterproxy.redact.call import CallRedaction, TextCache
+from meterproxy.redact.engine import Redactor
+from meterproxy.redact.rule import PLACEHOLDER
 from meterproxy.wire.exchange import Exchange
 from meterproxy.wire.framing import Frame, frames, whole_json
 from meterproxy.wire.headers import STORED_REQUEST_HEADERS, stored_header
