@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from meterproxy.config import ForwardSettings, Home  # noqa: E402
 from meterproxy.ledger.writer import LedgerWriter  # noqa: E402
 from meterproxy.meter.record import Meter  # noqa: E402
-from meterproxy.outbox.sender import Forwarding, Sender, attach  # noqa: E402
+from meterproxy.outbox.sender import Sender, attach  # noqa: E402
+from meterproxy.outbox.settings import Forwarding  # noqa: E402
 from meterproxy.pricing.table import PriceTable  # noqa: E402
 from tests.fake_logger import FakeLogger  # noqa: E402
 from tests.test_forward import exchange  # noqa: E402

@@ -18,7 +18,10 @@ from meterproxy.config import Config, ForwardSettings, Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter.record import Meter
-from meterproxy.outbox.sender import Forwarding, Sender, attach, build_receipt, outbox_status, wire_body
+from meterproxy.outbox.receipt import build_receipt, wire_body
+from meterproxy.outbox.sender import Sender, attach
+from meterproxy.outbox.settings import Forwarding
+from meterproxy.outbox.status import outbox_status
 from meterproxy.pricing.table import PriceTable
 from meterproxy.wire.exchange import Exchange, new_id
 from meterproxy.wire.tap import Body

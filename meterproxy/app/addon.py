@@ -31,7 +31,8 @@ from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter import tokens
 from meterproxy.meter.record import Meter
 from meterproxy.meter.storage import Storage
-from meterproxy.outbox.sender import Forwarding, Sender, attach
+from meterproxy.outbox.sender import Sender, attach
+from meterproxy.outbox.settings import Forwarding
 from meterproxy.pricing.table import PriceTable
 from meterproxy.providers import PROVIDERS
 from meterproxy.redact.engine import Redactor, redact_logs

@@ -13,7 +13,9 @@ from meterproxy.cli import options
 from meterproxy.cli.options import home_option
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
-from meterproxy.outbox.sender import Forwarding, Sender, outbox_bodies, outbox_status
+from meterproxy.outbox.sender import Sender
+from meterproxy.outbox.settings import Forwarding
+from meterproxy.outbox.status import outbox_bodies, outbox_status
 from meterproxy.reports.render import forward_status_lines
 
 

@@ -17,7 +17,7 @@ from meterproxy.cli import options
 from meterproxy.cli.options import home_option
 from meterproxy.config import STORE_POLICIES, Home
 from meterproxy.errors import MeterproxyError
-from meterproxy.outbox.sender import Forwarding
+from meterproxy.outbox.settings import Forwarding
 
 
 @click.command()
