@@ -15,10 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from meterproxy.app.wiring import attach_outbox  # noqa: E402
 from meterproxy.config import ForwardSettings, Home  # noqa: E402
 from meterproxy.ledger.writer import LedgerWriter  # noqa: E402
 from meterproxy.meter.record import Meter  # noqa: E402
-from meterproxy.outbox.sender import Forwarding, Sender, attach  # noqa: E402
+from meterproxy.outbox.sender import Sender  # noqa: E402
+from meterproxy.outbox.settings import Forwarding  # noqa: E402
 from meterproxy.pricing.table import PriceTable  # noqa: E402
 from tests.fake_logger import FakeLogger  # noqa: E402
 from tests.test_forward import exchange  # noqa: E402
@@ -27,7 +29,7 @@ from tests.test_forward import exchange  # noqa: E402
 def write(home: Home, calls: int, fwd: Forwarding | None) -> float:
     writer = LedgerWriter(home.ledger, Meter(PriceTable.load()))
     if fwd is not None:
-        attach(writer, home, fwd)  # the outbox step only; no sender thread
+        attach_outbox(writer, home, fwd)  # the outbox step only; no sender thread
     writer.start()
     exchanges = [exchange() for _ in range(calls)]
     started = time.perf_counter()

@@ -14,11 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from meterproxy.app.wiring import attach_outbox
 from meterproxy.config import Config, ForwardSettings, Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter.record import Meter
-from meterproxy.outbox.sender import Forwarding, Sender, attach, build_receipt, outbox_status, wire_body
+from meterproxy.outbox.receipt import build_receipt, wire_body
+from meterproxy.outbox.sender import Sender
+from meterproxy.outbox.settings import Forwarding
+from meterproxy.outbox.status import outbox_status
 from meterproxy.pricing.table import PriceTable
 from meterproxy.wire.exchange import Exchange, new_id
 from meterproxy.wire.tap import Body
@@ -54,7 +58,7 @@ class Proxyless:
 
     def __init__(self, home: Home, fwd: Forwarding):
         self.writer = LedgerWriter(home.ledger, Meter(PriceTable.load()))
-        self.sender = attach(self.writer, home, fwd)
+        self.sender = attach_outbox(self.writer, home, fwd)
         assert self.sender is not None
         self.writer.start()
         self.sender.start()
@@ -265,7 +269,7 @@ def test_drain_stops_at_an_outage_and_keeps_everything(meter_home: Home) -> None
     logger = FakeLogger()
     fwd = forwarding(logger)
     writer = LedgerWriter(meter_home.ledger, Meter(PriceTable.load()))
-    attach(writer, meter_home, fwd)  # the outbox step only: no sender thread
+    attach_outbox(writer, meter_home, fwd)  # the outbox step only: no sender thread
     writer.start()
     for _ in range(25):
         writer.submit(exchange())

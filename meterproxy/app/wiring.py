@@ -24,7 +24,9 @@ from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter import tokens
 from meterproxy.meter.record import Meter
 from meterproxy.meter.storage import Storage
-from meterproxy.outbox.sender import Forwarding, Sender, attach
+from meterproxy.outbox.receipt import Outbox
+from meterproxy.outbox.sender import Sender
+from meterproxy.outbox.settings import Forwarding
 from meterproxy.pricing.table import PriceTable
 from meterproxy.providers import PROVIDERS
 from meterproxy.redact.engine import Redactor
@@ -76,7 +78,7 @@ class Pipeline:
         writer = LedgerWriter(home.ledger, meter)
         if settings.jsonl and config.logs.jsonl:
             writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
-        sender = attach(writer, home, forwarding)
+        sender = attach_outbox(writer, home, forwarding)
         return cls(home, config, routes, storage, writer, sender, bundle)
 
     def start(self) -> None:
@@ -103,6 +105,16 @@ class Pipeline:
         if storage.policy == "preview":
             return f"storing redacted {previews}"
         return f"storing redacted full bodies (compressed) and {previews}"
+
+
+def attach_outbox(writer: LedgerWriter, home: Home, forwarding: Forwarding) -> Sender | None:
+    """Queue a receipt with each call ``writer`` records and return their (unstarted) sender; None when off."""
+    if not forwarding.enabled:
+        return None
+    sender = Sender(home, forwarding)
+    writer.in_transaction.append(Outbox(forwarding))
+    writer.after_commit.append(sender.wake)
+    return sender
 
 
 def _storage(policy: str, config: Config) -> Storage:

@@ -105,7 +105,7 @@ OUTBOX_COLUMNS: dict[str, type] = {
     "delivered_at": str,
     "logger_id": str,
 }
-"""One receipt per call for LockN Logger (meterproxy.outbox.sender); ``state`` is pending, delivered or rejected."""
+"""One receipt per call for LockN Logger (meterproxy.outbox.receipt); ``state`` is pending, delivered or rejected."""
 
 
 @migrations()

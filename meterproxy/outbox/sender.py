@@ -1,11 +1,9 @@
-"""Receipts to LockN Logger that are never lost.
+"""Delivering the outbox to LockN Logger.
 
-Every recorded call gets a receipt in the ledger's ``outbox`` table, written in the same
-transaction as the call (:class:`Outbox`, a :class:`~meterproxy.ledger.writer.LedgerWriter` step). A
-:class:`Sender` delivers the outbox: in the proxy on its own thread (woken after each commit),
-or in the caller's thread for ``meterproxy forward``. One receipt per ``POST``, with
-``Idempotency-Key: <receiptId>``, so a receipt sent twice (a crash between the Logger's answer
-and our bookkeeping) is still stored once.
+A :class:`Sender` delivers the outbox: in the proxy on its own thread (woken after each commit,
+see :func:`meterproxy.app.wiring.attach_outbox`), or in the caller's thread for ``meterproxy forward``. One receipt per
+``POST``, with ``Idempotency-Key: <receiptId>``, so a receipt sent twice (a crash between the
+Logger's answer and our bookkeeping) is still stored once.
 
 Delivery: 2xx is delivered; network errors, timeouts, 408, 429 (``Retry-After`` honoured),
 3xx and 5xx are retried, three quick tries per round and then a growing delay between rounds
@@ -28,24 +26,22 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from pydantic import ValidationError
 from sqlite_utils import Database
 
 from meterproxy import __version__
-from meterproxy.config import Config, ForwardSettings, Home
+from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
-from meterproxy.ledger.db import connect, insert_rows
-from meterproxy.ledger.writer import LedgerWriter
-from meterproxy.meter.record import Record
-from meterproxy.pricing.table import LOCAL_PROVIDERS
-from meterproxy.providers.usage import PART_FIELDS, TOKEN_FIELDS
+from meterproxy.ledger.db import connect
+from meterproxy.outbox.receipt import wire_body
+from meterproxy.outbox.settings import Forwarding
+from meterproxy.outbox.status import count_pending
 from meterproxy.times import iso_utc, parse_iso
 
 try:
@@ -55,15 +51,6 @@ except ImportError:  # Windows: no cross-process lock; run one sender per home t
 
 log = logging.getLogger("meterproxy")
 
-DEFAULT_ENDPOINT = "http://localhost:8080/api/receipts"
-SOURCE = "meterproxy"
-ENV_NAMES = {
-    "endpoint": "LOCKN_LOGGER_ENDPOINT",
-    "api_key": "LOCKN_LOGGER_API_KEY",
-    "batch_size": "LOCKN_LOGGER_BATCH_SIZE",
-    "include_local": "LOCKN_LOGGER_INCLUDE_LOCAL",
-    "format": "LOCKN_LOGGER_FORMAT",
-}
 QUICK_TRIES = 3
 QUICK_WAIT_MAX = 30.0
 """A ``Retry-After`` longer than this ends the round instead of being waited out in it."""
@@ -73,158 +60,6 @@ KEPT_BODY = 4096
 """Characters of a rejecting answer kept in the outbox."""
 
 Outcome = Literal["delivered", "retry", "rejected"]
-
-
-# --- settings ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Forwarding:
-    """Resolved forwarding settings: ``[forward]`` of config.toml overlaid by ``LOCKN_LOGGER_*``."""
-
-    settings: ForwardSettings
-    enabled: bool
-    previews: bool = False
-    """Put the stored (already redacted) previews in receipts."""
-
-    @classmethod
-    def resolve(
-        cls, config: Config, env: Mapping[str, str], force: bool = False,
-        previews: bool = False, store_policy: str | None = None,
-    ) -> Forwarding:
-        """On when an endpoint is configured (env or config) or ``force`` (``--forward``) is given.
-
-        Previews go out only when asked (``--forward-previews``) under the storage policy ``full``.
-        """
-        given = {name: env[var] for name, var in ENV_NAMES.items() if env.get(var)}
-        try:
-            overlay = ForwardSettings.model_validate(given)
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise MeterproxyError(f"{ENV_NAMES[str(first['loc'][0])]}: {first['msg']}") from None
-        settings = config.forward.model_copy(update={name: getattr(overlay, name) for name in given})
-        enabled = force or settings.endpoint is not None
-        return cls(settings, enabled, previews=previews and store_policy == "full")
-
-    @property
-    def endpoint(self) -> str:
-        return self.settings.endpoint or DEFAULT_ENDPOINT
-
-    @property
-    def api_key(self) -> str | None:
-        return self.settings.api_key.get_secret_value() if self.settings.api_key else None
-
-    def where(self) -> str:
-        """The endpoint fit to print: no user info, no query string."""
-        parts = urlsplit(self.endpoint)
-        netloc = parts.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-    def describe(self) -> str:
-        """One line for ``meterproxy start``."""
-        if not self.enabled:
-            return "receipts to LockN Logger: off (set LOCKN_LOGGER_ENDPOINT or pass --forward)"
-        s = self.settings
-        details = [
-            f"batch {s.batch_size}",
-            "API key set" if s.api_key else "no API key",
-            "local models included" if s.include_local else "local models left out",
-        ]
-        if s.format == "flat":
-            details.append("flat format")
-        if self.previews:
-            details.append("with previews")
-        return f"receipts to LockN Logger: {self.where()} ({', '.join(details)})"
-
-    def scrub(self, text: str) -> str:
-        """``text`` without the API key (a Logger may echo it in an error)."""
-        key = self.api_key
-        return text.replace(key, "[REDACTED]") if key else text
-
-
-# --- receipts and the outbox ---------------------------------------------------------------
-
-_TOKENS = {
-    "".join(word.title() if i else word for i, word in enumerate(name.split("_"))): name
-    for name in TOKEN_FIELDS if name not in PART_FIELDS
-}
-"""Receipt field -> ledger column: ``inputTokens`` -> ``input_tokens``..."""
-
-
-def build_receipt(row: Mapping[str, Any], previews: bool = False) -> dict[str, Any]:
-    """The receipt of one ``calls`` row, in LockN Logger's field names."""
-    tokens = {name: int(row.get(column) or 0) for name, column in _TOKENS.items()}
-    cost = row.get("cost_usd")
-    if cost is None and row.get("provider") in LOCAL_PROVIDERS:
-        cost = 0.0
-    receipt: dict[str, Any] = {
-        "receiptId": row["id"],
-        "model": row.get("model") or row.get("request_model"),
-        "provider": row.get("provider"),
-        **tokens,
-        "totalCost": cost,
-        "timestamp": row["started_at"],
-        "correlationId": row.get("session") or row["id"],
-        "agentId": row.get("agent"),
-        "sessionId": row.get("session"),
-        "usage": {"input": tokens["inputTokens"], "output": tokens["outputTokens"]},
-        "cost": {"total": cost},
-        "task": row.get("task"),
-        "outcome": row.get("outcome"),
-        "usageSource": row.get("usage_source"),
-    }
-    if previews:
-        receipt["requestPreview"] = row.get("request_preview")
-        receipt["responsePreview"] = row.get("response_preview")
-    return receipt
-
-
-def wire_body(payload: str, flat: bool) -> bytes:
-    """What one POST carries: the receipt itself (flat), or LockN Logger's envelope around it."""
-    if flat:
-        return payload.encode()
-    receipt = json.loads(payload)
-    tags = [SOURCE] + [
-        f"{name}:{receipt[key]}" for name, key in (("provider", "provider"), ("model", "model"), ("agent", "agentId"))
-        if receipt.get(key)
-    ]
-    return json.dumps({"source": SOURCE, "tags": tags, "payloadJson": payload}).encode()
-
-
-class Outbox:
-    """A writer step: queue a receipt for every call, inside the transaction that records it."""
-
-    def __init__(self, forwarding: Forwarding):
-        self.forwarding = forwarding
-
-    def __call__(self, db: Database, records: list[Record]) -> None:
-        now = iso_utc(time.time())
-        include_local = self.forwarding.settings.include_local
-        rows = [
-            {
-                "receipt_id": r.row["id"],
-                "created_at": now,
-                "next_attempt_at": now,
-                "payload": json.dumps(build_receipt(r.row, self.forwarding.previews), separators=(",", ":")),
-            }
-            for r in records
-            if r.table == "calls" and (include_local or r.row.get("provider") not in LOCAL_PROVIDERS)
-        ]
-        insert_rows(db, "outbox", rows)
-
-
-def attach(writer: LedgerWriter, home: Home, forwarding: Forwarding) -> Sender | None:
-    """Queue receipts with ``writer``'s calls and return their (unstarted) sender; None when off."""
-    if not forwarding.enabled:
-        return None
-    sender = Sender(home, forwarding)
-    writer.in_transaction.append(Outbox(forwarding))
-    writer.after_commit.append(sender.wake)
-    return sender
 
 
 # --- delivery ------------------------------------------------------------------------------
@@ -568,49 +403,3 @@ def _idle_wait(db: Database) -> float:
         return IDLE_POLL
     due = parse_iso(row[0]).timestamp()
     return min(max(due - time.time(), 0.01), IDLE_POLL)
-
-
-# --- inspection (`meterproxy forward --status / --dry-run`) --------------------------------
-
-
-def count_pending(db: Database) -> int:
-    return db.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
-
-
-def outbox_status(db: Database, rejected_limit: int = 20) -> dict[str, Any]:
-    """Counts per state, the oldest pending receipt, and the newest rejected ones."""
-    counts = dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
-    oldest = db.execute(
-        "SELECT receipt_id, created_at, attempts, last_attempt_at, last_error FROM outbox "
-        "WHERE state = 'pending' ORDER BY created_at, receipt_id LIMIT 1"
-    )
-    rejected = db.execute(
-        "SELECT receipt_id, created_at, last_attempt_at, last_status, response_body FROM outbox "
-        "WHERE state = 'rejected' ORDER BY last_attempt_at DESC, receipt_id LIMIT ?",
-        [rejected_limit],
-    )
-    return {
-        "pending": counts.get("pending", 0),
-        "delivered": counts.get("delivered", 0),
-        "rejected": counts.get("rejected", 0),
-        "oldest_pending": next(iter(_dicts(oldest)), None),
-        "rejected_receipts": _dicts(rejected),
-    }
-
-
-def outbox_bodies(db: Database, forwarding: Forwarding, include_rejected: bool) -> Iterator[bytes]:
-    """The exact bodies :class:`Sender` would POST, oldest first."""
-    states = ("pending", "rejected") if include_rejected else ("pending",)
-    cursor = db.execute(
-        f"SELECT payload FROM outbox WHERE state IN ({', '.join('?' for _ in states)}) "
-        "ORDER BY next_attempt_at, receipt_id",
-        list(states),
-    )
-    flat = forwarding.settings.format == "flat"
-    for (payload,) in cursor:
-        yield wire_body(payload, flat)
-
-
-def _dicts(cursor: Any) -> list[dict[str, Any]]:
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]

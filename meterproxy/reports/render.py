@@ -1,18 +1,23 @@
-"""How reports and calls look on a terminal (rich tables, plain lines) and in CSV.
+"""How reports, calls, prices and the outbox look on a terminal (rich tables, plain lines) and in CSV.
 
-Everything here renders data produced by :mod:`meterproxy.reports.report` and
-:mod:`meterproxy.reports.query`; nothing reads the ledger.
+Everything here renders data produced by :mod:`meterproxy.reports.report`,
+:mod:`meterproxy.reports.query`, the price table, repricing and the outbox status; nothing reads
+the ledger.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from rich.table import Table
 
-from meterproxy.money import exact_usd
+from meterproxy.ledger.reprice import ModelChange, RepriceResult
+from meterproxy.money import exact_usd, usd
+from meterproxy.pricing.table import Price, Rates
 from meterproxy.providers.usage import PART_FIELDS, TOKEN_FIELDS, TOKEN_LABELS
 from meterproxy.times import local_time
 
@@ -200,3 +205,82 @@ def _moment(iso: str) -> str:
 
 def _calls(count: int) -> str:
     return f"{count:,} call" + ("" if count == 1 else "s")
+
+
+# --- prices (`meterproxy pricing check / show`, `meterproxy reprice`) --------------------------
+
+
+def unpriced_models_table(missing: Iterable[Sequence[Any]]) -> Table:
+    """``pricing check``: models seen in the ledger without a price.
+
+    ``missing`` holds (provider, model, calls, first call, last call) rows.
+    """
+    out = Table(box=None, pad_edge=False)
+    for name in ("provider", "model", "calls", "first call", "last call"):
+        out.add_column(name, justify="right" if name == "calls" else "left")
+    for provider, name, count, first, last in missing:
+        out.add_row(provider or "", name or "(no model name)", f"{count:,}", local_time(first), local_time(last))
+    return out
+
+
+def rates_table(price: Price, at: datetime) -> Table:
+    """``pricing show``: every period of the matched entry (the one in force at ``at`` starred), tiers under it."""
+    out = Table(title=f"USD per 1M tokens (* in force {at:%Y-%m-%d %H:%M})", title_justify="left", box=None)
+    out.add_column("from", no_wrap=True)
+    for name in ("input", "output", "cache read", "cache write", "1h write", "reasoning"):
+        out.add_column(name, justify="right")
+    for period in price.match.entry.periods:
+        label = f"{period.since:%Y-%m-%d}" if period.since else "the start"
+        out.add_row(label + (" *" if period is price.period else ""), *_rate_cells(period.rates))
+        for tier in period.tiers:
+            out.add_row(f"  >{tier.above:,} in", *_rate_cells(tier.rates))
+    return out
+
+
+def reprice_table(result: RepriceResult, total: ModelChange, verb: str) -> Table:
+    """``reprice``: one row per model (most changed first), then ``total``; ``verb`` heads the changed column."""
+    out = Table(box=None, pad_edge=False)
+    out.add_column("model", no_wrap=True)
+    for name in ("calls", verb, "before $", "after $", "change $", "unpriced"):
+        out.add_column(name, justify="right", no_wrap=True)
+    for change in sorted(result.models.values(), key=lambda c: (-c.changed, c.model)):
+        out.add_row(change.model, *_change_cells(change))
+    out.add_section()
+    out.add_row("total", *_change_cells(total), style="bold")
+    return out
+
+
+def _change_cells(change: ModelChange) -> list[str]:
+    before, after = usd(change.before_picousd), usd(change.after_picousd)
+    unpriced = f"{change.unpriced_before} -> {change.unpriced_after}" if change.unpriced_before else str(
+        change.unpriced_after
+    )
+    return [
+        f"{change.calls:,}", f"{change.changed:,}", f"{before:.6f}", f"{after:.6f}", f"{after - before:+.6f}", unpriced,
+    ]
+
+
+def _rate_cells(rates: Rates) -> list[str]:
+    return list(rates.as_dict().values())
+
+
+# --- the outbox (`meterproxy forward --status`) ---------------------------------------------
+
+
+def forward_status_lines(where: str, data: dict[str, Any]) -> list[str]:
+    """The outbox of :func:`~meterproxy.outbox.status.outbox_status` as text, for the Logger at ``where``."""
+    lines = [
+        f"LockN Logger: {where}",
+        f"outbox: {data['pending']:,} pending, {data['delivered']:,} delivered, {data['rejected']:,} rejected",
+    ]
+    if oldest := data["oldest_pending"]:
+        tried = f", {oldest['attempts']} attempts, last: {oldest['last_error']}" if oldest["attempts"] else ""
+        lines.append(f"oldest pending: {oldest['receipt_id']} since {oldest['created_at']}{tried}")
+    if data["rejected_receipts"]:
+        lines.append("rejected (newest first; `meterproxy forward --retry-rejected` sends them again):")
+        for row in data["rejected_receipts"]:
+            body = " ".join((row["response_body"] or "").split())[:160]
+            lines.append(f"  {row['receipt_id']}  HTTP {row['last_status']}  {body}")
+        if (more := data["rejected"] - len(data["rejected_receipts"])) > 0:
+            lines.append(f"  ... and {more:,} more")
+    return lines

@@ -1,0 +1,156 @@
+"""What the commands share: the ``--home``, filter and period options, and the helpers every
+command uses (the commands' clock, dates from the command line, the ledger, logging, a console
+wide enough for tables)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from meterproxy import times
+from meterproxy.config import Home
+from meterproxy.errors import MeterproxyError
+from meterproxy.ledger.db import connect
+from meterproxy.reports.periods import Period, day_period, last_period, month_period, range_period, zone_named
+from meterproxy.reports.query import FILTERS, Filters
+
+
+def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--home`` and pass a resolved :class:`Home` as ``home``."""
+
+    @click.option(
+        "--home",
+        "home_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="METERPROXY_HOME",
+        help="meterproxy home directory [default: ~/.meterproxy; env: METERPROXY_HOME]",
+    )
+    @functools.wraps(command)
+    def wrapper(home_dir: Path | None, **kwargs: Any) -> Any:
+        return command(home=Home.resolve(home_dir), **kwargs)
+
+    return wrapper
+
+
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--agent``, ``--model``... (repeatable; globs allowed), passed as ``filters``."""
+    for name in reversed(FILTERS):
+        command = click.option(
+            f"--{name}", f"filter_{name}", multiple=True, metavar=name.upper(),
+            help=f"Only calls of this {name} (repeatable; * and ? match like a shell glob).",
+        )(command)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        values = {name: tuple(kwargs.pop(f"filter_{name}")) for name in FILTERS}
+        return command(filters=Filters(**values), **kwargs)
+
+    return wrapper
+
+
+def period_options(today_by_default: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The period and zone options, passed as ``period`` (when none is given: today, or None)."""
+    return functools.partial(_add_period_options, today_by_default=today_by_default)
+
+
+def _add_period_options(command: Callable[..., Any], today_by_default: bool) -> Callable[..., Any]:
+    options = [
+        click.option("--today", is_flag=True, help="Since local midnight."),
+        click.option("--yesterday", is_flag=True, help="The day before today."),
+        click.option("--last", metavar="N{h|d|w}", help="The last 24h, 7d, 2w... up to now."),
+        click.option("--from", "from_", metavar="DATE", help="From YYYY-MM-DD (local midnight) or a date-time."),
+        click.option("--to", metavar="DATE", help="To the end of YYYY-MM-DD, or a date-time (exclusive)."),
+        click.option("--month", is_flag=False, flag_value="", metavar="[YYYY-MM]",
+                     help="A calendar month (default: this one)."),
+        click.option("--tz", metavar="ZONE", help="Time zone for days and months, e.g. Europe/Paris [default: local]."),
+        click.option("--utc", is_flag=True, help="Days and months in UTC."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        names = ("today", "yesterday", "last", "from_", "to", "month", "tz", "utc")
+        values = {name: kwargs.pop(name) for name in names}
+        return command(period=_period(**values, now=now(), today_by_default=today_by_default), **kwargs)
+
+    return wrapper
+
+
+def _period(
+    today: bool, yesterday: bool, last: str | None, from_: str | None, to: str | None, month: str | None,
+    tz: str | None, utc: bool, now: datetime, today_by_default: bool,
+) -> Period | None:
+    if tz and utc:
+        raise click.UsageError("--tz and --utc cannot be used together")
+    chosen = [name for name, given in (
+        ("--today", today), ("--yesterday", yesterday), ("--last", last is not None),
+        ("--from/--to", from_ is not None or to is not None), ("--month", month is not None),
+    ) if given]
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one period, not {' and '.join(chosen)}")
+    try:
+        zone = zone_named(tz, utc)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--tz'") from None
+    local_day = now.astimezone(zone).date()
+    try:
+        if today or (today_by_default and not chosen):
+            return day_period(local_day, zone, "today")
+        if yesterday:
+            return day_period(local_day - timedelta(days=1), zone, "yesterday")
+        if last is not None:
+            return last_period(last, zone, now)
+        if from_ is not None or to is not None:
+            return range_period(from_, to, zone, now)
+        if month is not None:
+            return month_period(month, zone, now)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=f"'{chosen[0]}'") from None
+    return None
+
+
+def wide_console() -> Console:
+    """The terminal's width on a terminal; piped, wide enough that no cell is cut."""
+    return Console() if sys.stdout.isatty() else Console(width=400)
+
+
+def when(text: str, end_of_day: bool = False) -> datetime:
+    """YYYY-MM-DD as local midnight (the next one for an inclusive end), or an ISO time."""
+    try:
+        if len(text) == 10:
+            day = datetime.strptime(text, "%Y-%m-%d").date() + timedelta(days=int(end_of_day))
+            return datetime.combine(day, time()).astimezone()
+        moment = times.parse_iso(text)
+    except ValueError as e:
+        raise click.BadParameter(f"{text!r}: expected YYYY-MM-DD or an ISO time") from e
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def now() -> datetime:
+    """The clock of every command (``METERPROXY_NOW`` sets it)."""
+    try:
+        return times.now()
+    except ValueError as e:
+        raise MeterproxyError(str(e)) from None
+
+
+def ledger(home: Home):
+    return connect(home.ensure().ledger)
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("meterproxy").setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -1,0 +1,136 @@
+"""Prices from the command line: the ``pricing`` group (``check`` the price files, ``show`` how a
+model is priced, ``import`` LiteLLM's prices) and ``reprice`` (recompute stored calls' costs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from meterproxy.cli import options
+from meterproxy.cli.options import home_option
+from meterproxy.config import Home
+from meterproxy.errors import MeterproxyError
+from meterproxy.ledger.reprice import reprice
+from meterproxy.pricing.litellm import import_litellm
+from meterproxy.pricing.table import BUNDLED, LOCAL_PROVIDERS, PriceTable
+from meterproxy.reports.render import rates_table, reprice_table, unpriced_models_table
+from meterproxy.times import at_utc, iso_utc
+
+
+@click.group()
+def pricing() -> None:
+    """Prices: check a price file, show how a model is priced, import LiteLLM's prices."""
+
+
+@pricing.command("check")
+@home_option
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def pricing_check(home: Home, file: Path | None) -> None:
+    """Validate the price files (or FILE in place of yours) and list ledger models with no price."""
+    if file is not None and not file.exists():
+        raise MeterproxyError(f"{file}: no such file")
+    table = PriceTable.load(file or home.pricing_file)
+    bundled = PriceTable.load().entries
+    for source, count in table.files:
+        replaced = [k for k, e in table.entries.items() if e.source == source != BUNDLED and k in bundled]
+        note = f" (replacing bundled: {', '.join(sorted(replaced))})" if replaced else ""
+        click.echo(f"{source}: {count} models, valid{note}")
+    click.echo(f"pricing version: {table.version}")
+    if not home.ledger.exists():
+        click.echo("ledger: none yet")
+        return
+    cursor = options.ledger(home).execute(
+        "SELECT provider, COALESCE(model, request_model) AS name, COUNT(*), MIN(started_at), MAX(started_at) "
+        "FROM calls GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
+    )
+    missing = [
+        row for row in cursor.fetchall()
+        if row[0] not in LOCAL_PROVIDERS and table.lookup(row[0] or "", row[1]) is None
+    ]
+    if not missing:
+        click.echo("ledger: every model seen has a price")
+        return
+    click.echo(f"ledger: {len(missing)} model(s) seen without a price (their calls are unpriced):")
+    options.wide_console().print(unpriced_models_table(missing))
+
+
+@pricing.command("show")
+@home_option
+@click.argument("model")
+@click.option("--provider", default="", help="The provider the call went to (its own prices win).")
+@click.option("--at", "when", help="Date or time to show the price in force at [default: now].")
+def pricing_show(home: Home, model: str, provider: str, when: str | None) -> None:
+    """Show the rates MODEL is priced at, and why they match."""
+    table = PriceTable.load(home.pricing_file)
+    at = options.when(when) if when else options.now().astimezone()
+    price = table.price(provider.lower(), model, at_utc(at.timestamp()))
+    if price is None:
+        close = table.suggestions(model)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise MeterproxyError(f"no price for model {model!r}{hint}: its calls are recorded unpriced")
+    entry = price.match.entry
+    click.echo(f"{model} -> {entry.name} ({entry.provider})")
+    click.echo(f"  why: {price.match.how}")
+    click.echo(f"  defined at: {entry.where}")
+    click.echo(f"  pricing version: {table.version}")
+    options.wide_console().print(rates_table(price, at))
+    if entry.peak is not None:
+        state = "peak" if price.peak else "off-peak"
+        click.echo(f"peak hours ({entry.peak.text}): every rate x{entry.peak.multiplier}; {at:%Y-%m-%d %H:%M} is {state}")
+    if entry.aliases:
+        click.echo(f"aliases: {', '.join(entry.aliases)}")
+
+
+@pricing.command("import")
+@home_option
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def pricing_import(home: Home, file: Path) -> None:
+    """Import LiteLLM's model_prices_and_context_window.json into your pricing.toml."""
+    result = import_litellm(file, home.ensure().pricing_file, options.now().astimezone().date())
+    click.echo(
+        f"imported {len(result.imported):,} models into {home.pricing_file} "
+        f"({len(result.changed)} with a price different from the bundled one; "
+        f"{result.unchanged} already priced the same, {result.skipped} skipped: not token-priced chat models)"
+    )
+    if result.changed:
+        shown = ", ".join(result.changed[:10]) + (", ..." if len(result.changed) > 10 else "")
+        click.echo(f"new prices from today for: {shown}")
+    if result.kept:
+        click.echo(f"kept {len(result.kept)} of your own entries: {', '.join(result.kept)}")
+    if result.backup:
+        click.echo(f"previous file saved as {result.backup}")
+    click.echo("run `meterproxy reprice` to apply new prices to calls already recorded")
+
+
+@click.command("reprice")
+@home_option
+@click.option("--from", "start", help="First day (YYYY-MM-DD, local) or time [default: the first call].")
+@click.option("--to", "end", help="Last day, inclusive (YYYY-MM-DD, local), or time [default: now].")
+@click.option("--model", help="Only calls of this model (as recorded, or priced by the same entry).")
+@click.option("--dry-run", is_flag=True, help="Say what would change; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def reprice_command(
+    home: Home, start: str | None, end: str | None, model: str | None, dry_run: bool, as_json: bool,
+) -> None:
+    """Recompute the cost of stored calls with the current prices, and say what changed."""
+    table = PriceTable.load(home.pricing_file)
+    since = options.when(start).timestamp() if start else 0.0
+    until = options.when(end, end_of_day=True).timestamp() if end else options.now().timestamp() + 1
+    result = reprice(options.ledger(home), table, iso_utc(since), iso_utc(until), model, dry_run)
+    total = result.totals()
+    if as_json:
+        rows = [vars(change) for change in (*result.models.values(), total)]
+        click.echo(json.dumps({"pricing_version": result.version, "dry_run": dry_run, "models": rows}, indent=2))
+        return
+    verb = "would change" if dry_run else "changed"
+    click.echo(
+        f"repriced {result.checked:,} calls with pricing version {result.version}: "
+        f"{result.changed:,} {verb}" + (" (dry run: nothing written)" if dry_run else "")
+    )
+    if not result.checked:
+        return
+    options.wide_console().print(reprice_table(result, total, verb))
+    if total.unpriced_after:
+        click.echo(f"warning: {total.unpriced_after} calls still have no price (see `meterproxy pricing check`)", err=True)

@@ -1,0 +1,130 @@
+"""Running the proxy and pointing clients at it: ``start``, ``env`` and ``run``.
+
+The application (mitmproxy and the pipeline) is imported inside the commands, so the other
+commands never load it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from meterproxy.cli import options
+from meterproxy.cli.options import home_option
+from meterproxy.config import STORE_POLICIES, Home
+from meterproxy.errors import MeterproxyError
+from meterproxy.outbox.settings import Forwarding
+
+
+@click.command()
+@home_option
+@click.option("--host", help="Address to listen on [default: 127.0.0.1, or config.toml]")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port [default: 8788, or config.toml]")
+@click.option(
+    "--route", "routes", multiple=True, metavar="HOST[:PORT]=PROVIDER",
+    help="Meter another host with a provider's parser (repeatable).",
+)
+@click.option(
+    "--upstream-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Extra CA bundle trusted for upstream TLS (self-hosted gateways).",
+)
+@click.option("--grace", type=float, default=10.0, show_default=True,
+              help="Seconds calls in flight get to finish on SIGINT/SIGTERM.")
+@click.option(
+    "--store", type=click.Choice(STORE_POLICIES),
+    help="Content stored per call, always redacted: none, preview (the default, or config.toml's) "
+    "or full (compressed bodies).",
+)
+@click.option(
+    "--inject-stream-usage", is_flag=True,
+    help="Ask OpenAI-compatible streams for their usage (stream_options.include_usage) when the "
+         "client did not, and remove the extra chunk before the client sees it.",
+)
+@click.option("--forward", is_flag=True,
+              help="Forward receipts to LockN Logger [default: on when LOCKN_LOGGER_ENDPOINT or [forward] endpoint is set]")
+@click.option("--forward-previews", is_flag=True,
+              help="Put the stored, redacted previews in receipts (only with the storage policy full).")
+@click.option("--no-jsonl", is_flag=True, help="Do not mirror calls to logs/YYYY-MM-DD.jsonl.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every metered call.")
+def start(
+    home: Home, host: str | None, port: int | None, routes: tuple[str, ...],
+    upstream_ca: Path | None, grace: float, store: str | None, inject_stream_usage: bool, forward: bool,
+    forward_previews: bool, no_jsonl: bool, verbose: bool,
+) -> None:
+    """Run the metering proxy in the foreground."""
+    from meterproxy.app.clientenv import client_environment
+    from meterproxy.app.runner import ProxySpec, serve
+
+    options.setup_logging(verbose)
+    config = home.ensure().load_config()
+    forwarding = Forwarding.resolve(
+        config, os.environ, forward, forward_previews, store_policy=store or config.storage.store
+    )
+    if forward_previews and not forwarding.previews:
+        click.echo("warning: --forward-previews needs the storage policy full: receipts carry no previews", err=True)
+    spec = ProxySpec(
+        home=home,
+        host=host or config.proxy.host,
+        port=config.proxy.port if port is None else port,
+        routes=routes,
+        upstream_ca=upstream_ca,
+        grace=grace,
+        store=store,
+        inject_stream_usage=inject_stream_usage,
+        forward=forward,
+        forward_previews=forward_previews,
+        jsonl=not no_jsonl,
+    )
+
+    def ready(listen_host: str, listen_port: int) -> None:
+        env = client_environment(home, listen_host, listen_port)  # writes the CA bundle first
+        click.echo(f"meterproxy listening on http://{listen_host}:{listen_port} (ledger: {home.ledger})")
+        click.echo(forwarding.describe())
+        home_flag = f" --home {home.root}" if home.root != Home.resolve().root else ""
+        click.echo(f'# meter a shell: eval "$(meterproxy env{home_flag})", or: meterproxy run{home_flag} -- CMD')
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "SSL_CERT_FILE"):
+            click.echo(f"export {name}={env[name]}")
+        sys.stdout.flush()
+
+    sys.exit(serve(spec, ready))
+
+
+def _proxy_address(home: Home, host: str | None, port: int | None) -> tuple[str, int]:
+    config = home.load_config()
+    return host or config.proxy.host, config.proxy.port if port is None else port
+
+
+@click.command()
+@home_option
+@click.option("--agent", help="Agent name for every call (sent as the proxy user name).")
+@click.option("--host", help="Proxy address [default: from config.toml, else 127.0.0.1]")
+@click.option("--port", type=click.IntRange(1, 65535), help="Proxy port [default: 8788]")
+def env(home: Home, agent: str | None, host: str | None, port: int | None) -> None:
+    """Print shell export lines that send a shell's traffic through meterproxy."""
+    from meterproxy.app.clientenv import client_environment, export_lines
+
+    click.echo(export_lines(client_environment(home, *_proxy_address(home, host, port), agent)), nl=False)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@home_option
+@click.option("--agent", help="Agent name for every call the command makes.")
+@click.option("--host", help="Proxy address [default: from config.toml, else 127.0.0.1]")
+@click.option("--port", type=click.IntRange(1, 65535), help="Proxy port [default: 8788]")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(home: Home, agent: str | None, host: str | None, port: int | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND with its traffic going through meterproxy; exit with its exit code."""
+    from meterproxy.app.clientenv import client_environment
+
+    environment = os.environ | client_environment(home, *_proxy_address(home, host, port), agent)
+    try:
+        result = subprocess.run(command, env=environment)
+    except FileNotFoundError as e:
+        raise MeterproxyError(f"command not found: {command[0]}") from e
+    except PermissionError as e:
+        raise MeterproxyError(f"cannot run {command[0]}: permission denied") from e
+    sys.exit(result.returncode if result.returncode >= 0 else 128 - result.returncode)
