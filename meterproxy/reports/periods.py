@@ -14,6 +14,8 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from meterproxy.times import parse_iso
+
 _LAST = re.compile(r"(\d+)([hdw])")
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 
@@ -107,7 +109,7 @@ def parse_moment(text: str, zone: tzinfo, *, end: bool = False) -> datetime:
         if len(text) == 10:
             day = date.fromisoformat(text)
             return midnight(day + timedelta(days=1) if end else day, zone)
-        moment = datetime.fromisoformat(text)
+        moment = parse_iso(text)
     except ValueError:
         raise ValueError(f"expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM], got {text!r}") from None
     return moment.replace(tzinfo=zone) if moment.tzinfo is None else moment.astimezone(zone)
