@@ -9,13 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from meterproxy.ledger.db import connect, insert_rows
-from meterproxy.times import iso_utc
+from meterproxy.times import at_utc, iso_utc
 
 
 def call(call_id: str, started_at: str | datetime, **fields: Any) -> dict[str, Any]:
-    """A ledger row with sensible defaults; ``cost_picousd=None`` makes it unpriced."""
-    if isinstance(started_at, datetime):
-        started_at = iso_utc(started_at.timestamp())
+    """A ledger row with sensible defaults; ``cost_picousd=None`` makes it unpriced.
+
+    ``started_at`` is an aware datetime or any ISO time with an offset or ``Z``; it is stored
+    as the ledger writes it (``2026-11-22T09:15:02.123Z``), which reports compare as text.
+    """
+    moment = started_at if isinstance(started_at, datetime) else at_utc(started_at)
+    started_at = iso_utc(moment.timestamp())
     row: dict[str, Any] = {
         "id": call_id, "started_at": started_at, "duration_ms": 100, "provider": "openai", "host": "api.openai.com",
         "endpoint": "/v1/chat/completions", "request_model": "gpt-4o", "model": "gpt-4o-2024-08-06", "stream": 0,

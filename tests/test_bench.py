@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import http
@@ -49,7 +50,20 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     for path in PATHS:
         assert result["big_stream"][path]["complete"] is True
         assert result["big_stream"][path]["received"] >= result["big_stream"]["bytes"]
-    assert result["big_stream"]["meterproxy"]["rss_growth_mib"] >= 0
+    # Memory figures are real readings of /proc for the two proxies (none for the direct path), in
+    # MiB: a Python process with mitmproxy loaded holds tens to hundreds of MiB, so a figure under
+    # 10 or over 65536 is in the wrong unit or not a reading. (Memory targets are judged in bench/.)
+    assert "rss_before_mib" not in result["big_stream"]["direct"]
+    assert set(result["rss_at_start_mib"]) == {"mitmdump", "meterproxy"}
+    for path in ("mitmdump", "meterproxy"):
+        memory = result["big_stream"][path]
+        assert 10 < result["rss_at_start_mib"][path] < 65536, (path, result["rss_at_start_mib"])
+        assert 10 < memory["rss_before_mib"] < 65536 and 10 < memory["rss_max_mib"] < 65536, (path, memory)
+        # The peak so far (VmHWM) is read with the RSS it is a peak of.
+        assert memory["peak_rss_under_load_mib"] >= memory["rss_before_mib"], (path, memory)
+        # Growth is after minus before, each rounded to 0.1 MiB.
+        assert memory["rss_growth_mib"] == pytest.approx(memory["rss_max_mib"] - memory["rss_before_mib"], abs=0.1001)
+        assert isinstance(memory["peak_exact"], bool)
 
     writer = result["writer"]
     assert writer["failed"] == 0

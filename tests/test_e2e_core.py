@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anthropic
@@ -259,7 +260,14 @@ def test_sigterm_writes_everything_and_exits_zero(upstream, start_proxy, client_
     assert "20 records written" in proxy.output()
 
 
-def test_calls_and_report_json(upstream, start_proxy, client_env) -> None:
+def midday_zone(moment: datetime) -> str:
+    """A whole-hour zone in which ``moment`` falls between 11:30 and 12:30, far from either midnight."""
+    utc = moment.astimezone(UTC)
+    shift = 12 - round(utc.hour + utc.minute / 60) % 24  # -11..12 hours east of UTC
+    return f"Etc/GMT{-shift:+d}" if shift else "Etc/GMT"  # POSIX signs: Etc/GMT-5 is five hours east
+
+
+def test_calls_and_report_json(upstream, start_proxy, client_env, clock) -> None:
     proxy = start_proxy(f"localhost:{upstream.port}=openai")
     client_env(proxy)
     upstream.reply(Reply.json(fixture("openai/chat_completion.json")), Reply.json(fixture("openai/chat_completion.json")))
@@ -274,7 +282,10 @@ def test_calls_and_report_json(upstream, start_proxy, client_env) -> None:
                   "provider_request_id", "input_tokens", "output_tokens", "cache_read_tokens",
                   "cache_write_tokens", "reasoning_tokens", "usage_source", "cost_usd", "usage_raw", "error"):
         assert field in calls[0]
-    result = proxy.cli("report", "--today", "--json")
+    # The proxy stamps calls with the real clock; the report's "now" is the last call's time, and
+    # "today" is taken in a zone where both calls are near noon, whatever the time of day.
+    now = clock(max(call["started_at"] for call in calls))
+    result = proxy.cli("report", "--today", "--tz", midday_zone(now), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["totals"]["calls"] == 2

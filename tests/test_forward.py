@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import itertools
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,9 +41,15 @@ def forwarding(logger: FakeLogger, **settings) -> Forwarding:
     return Forwarding(ForwardSettings(**values), enabled=True)
 
 
+CALLS_START_MS = int(datetime(2026, 11, 22, 9, 15, 2, tzinfo=UTC).timestamp() * 1000)
+"""When the test calls start, a millisecond apart (so their ids sort in order): the price in
+force, hence the cost in a receipt, does not depend on the day the tests run."""
+_call_ms = itertools.count(CALLS_START_MS)
+
+
 def exchange(provider: str = "openai", session: str | None = None) -> Exchange:
     body = (FIXTURES / "openai/chat_completion.json").read_bytes()
-    now = time.time()
+    now = (next(_call_ms) + 0.5) / 1000  # mid-millisecond: the id's and started_at's millisecond for sure
     return Exchange(
         id=new_id(now), provider=provider, scheme="https", host="api.openai.com", port=443,
         method="POST", path="/v1/chat/completions", query={},

@@ -39,8 +39,8 @@ def ids(db_path: Path, table: str = "calls") -> list[str]:
 # --- calls -------------------------------------------------------------------------------
 
 
-def test_calls_takes_the_report_filters(home: Path) -> None:
-    now = datetime.now(UTC)
+def test_calls_takes_the_report_filters(home: Path, clock) -> None:
+    now = clock("2026-11-22T12:00:00Z")
     write_ledger(home / "ledger.db", [
         call("old", now - timedelta(days=3), agent="marcus"),
         call("new", now - timedelta(minutes=5), agent="marcus", model="gpt-4o-mini", task="digest"),
@@ -53,6 +53,10 @@ def test_calls_takes_the_report_filters(home: Path) -> None:
         "new", "old"]
     assert [r["id"] for r in json.loads(meterproxy(home, "calls", "--json", "--last", "24h", "--model", "gpt-4o-m*",
                                                    "--task", "digest").stdout)] == ["new"]
+    assert [r["id"] for r in json.loads(meterproxy(home, "calls", "--json", "--last", "24h").stdout)] == [
+        "other", "new"]
+    assert [r["id"] for r in json.loads(meterproxy(home, "calls", "--json", "--last", "4d").stdout)] == [
+        "other", "new", "old"]
     assert [r["id"] for r in json.loads(meterproxy(home, "calls", "--json", "--limit", "1").stdout)] == ["other"]
     table = meterproxy(home, "calls", "--agent", "nightly").stdout
     assert "Newest 1 calls" in table and "nightly" in table and "marcus" not in table
@@ -103,11 +107,14 @@ def test_mirror_and_follow_show_each_call_as_recorded(upstream: FakeUpstream, st
     assert [json.loads(line) for line in lines] == recorded
     assert [r["usage_source"] for r in recorded] == ["reported", "reported", "estimated"]
 
-    day = recorded[0]["started_at"][:10]
-    mirror = proxy.home / "logs" / f"{day}.jsonl"
-    assert [json.loads(line) for line in mirror.read_text().splitlines()] == recorded
-    assert oct(mirror.stat().st_mode & 0o777) == "0o600"
-    assert API_KEY not in mirror.read_text()
+    # One file per UTC day of started_at (the calls may straddle midnight), in recorded order.
+    mirrors = sorted((proxy.home / "logs").iterdir())
+    assert [p.name for p in mirrors] == sorted({f"{r['started_at'][:10]}.jsonl" for r in recorded})
+    assert [json.loads(line) for p in mirrors for line in p.read_text().splitlines()] == recorded
+    for mirror in mirrors:
+        assert {json.loads(line)["started_at"][:10] for line in mirror.read_text().splitlines()} == {mirror.stem}
+        assert oct(mirror.stat().st_mode & 0o777) == "0o600"
+        assert API_KEY not in mirror.read_text()
 
 
 def test_no_jsonl_turns_the_mirror_off(upstream: FakeUpstream, start_proxy, monkeypatch, home: Path) -> None:
@@ -136,9 +143,8 @@ def old_and_new_calls(now: datetime) -> list[dict]:
             for name, days in ages.items()]
 
 
-def test_archive_moves_old_calls_by_month_and_reports_can_include_them(home: Path) -> None:
-    now = datetime.now(UTC)
-    rows = old_and_new_calls(now)
+def test_archive_moves_old_calls_by_month_and_reports_can_include_them(home: Path, clock) -> None:
+    rows = old_and_new_calls(clock("2026-11-22T12:00:00Z"))
     write_ledger(home / "ledger.db", rows)
     db = connect(home / "ledger.db")
     insert_rows(db, "api_calls", [{"id": "api-old", "started_at": rows[0]["started_at"], "endpoint": "/v1/models"}])
@@ -148,22 +154,21 @@ def test_archive_moves_old_calls_by_month_and_reports_can_include_them(home: Pat
 
     dry = meterproxy(home, "archive", "--older-than", "90d", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "5 rows" in dry.stdout and "would move" in dry.stdout
+    assert dry.stdout.startswith("Calls started before 2026-08-24T12:00:00+00:00: 5 rows")  # 90 days before now
+    assert "would move" in dry.stdout
     assert len(ids(home / "ledger.db")) == 7 and not (home / "archive").exists()
 
     result = meterproxy(home, "archive", "--older-than", "90d")
     assert result.returncode == 0, result.stderr
     assert "Archived 5 rows." in result.stdout
     assert ids(home / "ledger.db") == ["d0", "d10", "d89"]
-    archived: dict[str, list[str]] = {}
-    for row in rows[:4]:
-        archived.setdefault(row["started_at"][:7], []).append(row["id"])
+    archived = {"2026-05": ["d200"], "2026-07": ["d120"], "2026-08": ["d100", "d91"]}  # by started_at's month
     assert sorted(p.name for p in (home / "archive").iterdir() if p.suffix == ".db") == [
         f"{month}.db" for month in sorted(archived)]
     for month, month_ids in archived.items():
         assert ids(home / "archive" / f"{month}.db") == sorted(month_ids)
         assert rollup.mismatches(connect(home / "archive" / f"{month}.db")) == []
-    assert ids(home / "archive" / f"{rows[0]['started_at'][:7]}.db", "api_calls") == ["api-old"]
+    assert ids(home / "archive" / "2026-05.db", "api_calls") == ["api-old"]
     assert ids(home / "ledger.db", "api_calls") == []
     assert rollup.mismatches(connect(home / "ledger.db")) == []
 
@@ -175,8 +180,9 @@ def test_archive_moves_old_calls_by_month_and_reports_can_include_them(home: Pat
         "Calls started before")  # nothing left: a no-op
 
 
-def test_archive_killed_mid_way_and_run_again_loses_and_doubles_nothing(home: Path) -> None:
-    start = datetime(2025, 1, 1, tzinfo=UTC)
+def test_archive_killed_mid_way_and_run_again_loses_and_doubles_nothing(home: Path, clock) -> None:
+    clock("2025-06-01T00:00:00Z")
+    start = datetime(2025, 1, 1, tzinfo=UTC)  # the calls span 97 days, all older than a day
     count = 20_000
     write_ledger(home / "ledger.db", (
         call(f"c{i:06d}", start + timedelta(minutes=7 * i), cost_picousd=i) for i in range(count)))

@@ -28,10 +28,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 LITELLM = Path(__file__).parent / "data" / "litellm" / "model_prices_and_context_window.json"
 
 
-def meterproxy(*args: str) -> subprocess.CompletedProcess[str]:
+def meterproxy(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "meterproxy", *args], capture_output=True, text=True, timeout=60,
-        env=os.environ | {"PYTHONPATH": str(REPO)},
+        env=os.environ | {"PYTHONPATH": str(REPO)} | (env or {}),
     )
 
 
@@ -56,7 +56,7 @@ def test_start_refuses_a_malformed_pricing_toml_before_listening(home: Path, tex
 
 
 def test_costs_through_the_proxy_keep_their_provenance_and_a_price_fix_reprices_them(
-    home: Path, upstream, start_proxy, monkeypatch: pytest.MonkeyPatch,
+    home: Path, upstream, start_proxy, monkeypatch: pytest.MonkeyPatch, clock,
 ) -> None:
     home.mkdir()
     (home / "pricing.toml").write_text('[models."acme-ft-1"]\nprovider = "openai"\ninput = 0.5\noutput = 1.5\n')
@@ -75,7 +75,8 @@ def test_costs_through_the_proxy_keep_their_provenance_and_a_price_fix_reprices_
     gpt = openai.OpenAI(api_key="sk-test", base_url=f"https://127.0.0.1:{upstream.port}/v1", max_retries=0)
     for model in ("acme-ft-1", "mystery-model-7", "mystery-model-7"):
         gpt.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
-    proxy.wait_rows(4)
+    # The proxy stamps calls with the real clock: "now" for reprice (its default end) is the last one.
+    clock(max(row["started_at"] for row in proxy.wait_rows(4)))
 
     version = meterproxy("pricing", "check", "--home", str(home)).stdout.split("pricing version: ")[1].split()[0]
     rows = {row["model"]: row for row in proxy.calls_json()}
@@ -113,10 +114,13 @@ def test_costs_through_the_proxy_keep_their_provenance_and_a_price_fix_reprices_
     assert "every model seen has a price" in meterproxy("pricing", "check", "--home", str(home)).stdout
 
 
-def test_pricing_show_explains_the_match(home: Path) -> None:
-    shown = meterproxy("pricing", "show", "anthropic/claude-sonnet-4.5")
+def test_pricing_show_explains_the_match(home: Path, clock) -> None:
+    clock("2026-11-22T12:00:00Z")
+    shown = meterproxy("pricing", "show", "anthropic/claude-sonnet-4.5", env={"TZ": "UTC"})
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("anthropic/claude-sonnet-4.5 -> claude-sonnet-4-5 (anthropic)\n")
+    assert "USD per 1M tokens (* in force 2026-11-22 12:00)" in shown.stdout  # at "now" by default
+    assert any(line.split()[:5] == ["the", "start", "*", "3", "15"] for line in shown.stdout.splitlines())
     assert "why: prefix 'anthropic/' removed, dots read as dashes" in shown.stdout
     assert "defined at: bundled pricing.toml:" in shown.stdout
     assert ">200,000 in" in shown.stdout
@@ -124,6 +128,10 @@ def test_pricing_show_explains_the_match(home: Path) -> None:
     lines = history.stdout.splitlines()
     assert any(line.split()[:3] == ["the", "start", "*"] and "10" in line for line in lines), history.stdout
     assert any(line.split()[0] == "2025-06-10" and "*" not in line for line in lines)
+    clock("2025-05-01T12:00:00Z")  # without --at, the price in force now
+    now = meterproxy("pricing", "show", "o3-2025-04-16", env={"TZ": "UTC"})
+    assert now.stdout == meterproxy("pricing", "show", "o3-2025-04-16", "--at", "2025-05-01T12:00:00Z").stdout
+    assert "(* in force 2025-05-01 12:00)" in now.stdout and "the start *" in now.stdout
     unknown = meterproxy("pricing", "show", "gpt-40")
     assert unknown.returncode == 1
     assert "no price for model 'gpt-40'" in unknown.stderr and "close:" in unknown.stderr
@@ -143,22 +151,27 @@ def test_pricing_check_validates_a_given_file(home: Path, tmp_path: Path) -> Non
     assert meterproxy("pricing", "check", str(tmp_path / "missing.toml")).returncode == 1
 
 
-def test_pricing_import_reads_litellm_prices_into_the_user_file(home: Path, tmp_path: Path) -> None:
+def test_pricing_import_reads_litellm_prices_into_the_user_file(home: Path, tmp_path: Path, clock) -> None:
     home.mkdir()
     (home / "pricing.toml").write_text('[models.mine]\nprovider = "openai"\ninput = 1\noutput = 2\n')
-    result = meterproxy("pricing", "import", str(LITELLM))
+    now = clock("2026-12-01T20:00:00Z")
+    result = meterproxy("pricing", "import", str(LITELLM), env={"TZ": "UTC"})
     assert result.returncode == 0, result.stderr
     assert "imported 3 models" in result.stdout
     assert "1 with a price different from the bundled one" in result.stdout  # gpt-4.1-mini
     assert "kept 1 of your own entries: mine" in result.stdout
     assert (home / "pricing.toml.bak").exists()
+    assert "new prices from today for: gpt-4.1-mini" in result.stdout
+    assert "since = 2026-12-01\n" in (home / "pricing.toml").read_text()  # the day of the import
     table = PriceTable.load(home / "pricing.toml")
-    today = datetime.now(UTC)
-    assert table.price("openai", "gpt-4.1-mini", today).rates.input == Decimal("0.35")
+    assert table.price("openai", "gpt-4.1-mini", now).rates.input == Decimal("0.35")
+    assert table.price("openai", "gpt-4.1-mini", datetime(2026, 12, 1, tzinfo=UTC)).rates.input == Decimal("0.35")
+    day_before = datetime(2026, 11, 30, 23, 59, 59, 999000, tzinfo=UTC)
+    assert table.price("openai", "gpt-4.1-mini", day_before).rates.input == Decimal("0.4")  # the bundled price
     assert table.price("openai", "gpt-4.1-mini", datetime(2026, 1, 1, tzinfo=UTC)).rates.input == Decimal("0.4")
-    gemini = table.price("gemini", "gemini/gemini-9-pro", today, input_tokens=300_000)
+    gemini = table.price("gemini", "gemini/gemini-9-pro", now, input_tokens=300_000)
     assert (gemini.rates.input, gemini.rates.output, gemini.rates.reasoning) == (4, 18, 18)
-    assert table.price("deepseek", "deepseek/deepseek-v9", today).rates.cache_read == Decimal("0.028")
+    assert table.price("deepseek", "deepseek/deepseek-v9", now).rates.cache_read == Decimal("0.028")
     assert table.lookup("openai", "mine") is not None
     assert table.lookup("openai", "dall-e-2") is None and table.lookup("openai", "broken/model") is None
     assert meterproxy("pricing", "check").returncode == 0
@@ -210,7 +223,9 @@ def test_reprice_by_date_and_model_leaves_reported_costs_alone(tmp_path: Path) -
     assert db.execute("SELECT pricing_version FROM calls WHERE id = 'c'").fetchone()[0] == new.version
 
 
-def test_reprice_command_reads_dates_and_says_what_changed(home: Path) -> None:
+def test_reprice_command_reads_dates_and_says_what_changed(home: Path, clock, monkeypatch) -> None:
+    clock("2026-11-22T12:00:00Z")  # the default end of the range
+    monkeypatch.setenv("TZ", "UTC")  # dates name UTC days in the commands below
     home.mkdir()
     db = connect(home / "ledger.db")
     table = PriceTable.load()
@@ -226,6 +241,9 @@ def test_reprice_command_reads_dates_and_says_what_changed(home: Path) -> None:
     dry = meterproxy("reprice", "--from", "2026-11-19", "--to", "2026-11-21", "--dry-run")
     assert "1 would change (dry run: nothing written)" in dry.stdout
     assert "+0.001250" in dry.stdout  # $0.00125 -> $0.0025
+    clock("2026-11-20T11:59:58Z")  # the call, at 12:00, has not happened yet
+    assert meterproxy("reprice", "--dry-run").stdout.startswith("repriced 0 calls")
+    clock("2026-11-22T12:00:00Z")
     result = json.loads(meterproxy("reprice", "--model", "gpt-5-mini", "--json").stdout)
     assert (result["models"][0]["before_picousd"], result["models"][0]["after_picousd"]) == (1_250_000_000, 2_500_000_000)
     with sqlite3.connect(home / "ledger.db") as conn:

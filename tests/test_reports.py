@@ -10,11 +10,11 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -191,36 +191,76 @@ def test_date_time_bounds_are_exact_to_the_millisecond(fixed_home: Path) -> None
     assert report_json(fixed_home, "--to", "2026-03-01", "--utc")["totals"] == expect("a1", "a2", "a3")
 
 
-def test_today_yesterday_and_last(home: Path) -> None:
-    zone = ZoneInfo(NY)
-    now = datetime.now(UTC)
-    today = datetime.combine(now.astimezone(zone).date(), time(), tzinfo=zone)
-    yesterday = datetime.combine(today.date() - timedelta(days=1), time(), tzinfo=zone)
-    write_ledger(home / "ledger.db", [
-        call("today-first", today + timedelta(minutes=1), input_tokens=1),
-        call("yesterday-last", today - timedelta(minutes=1), input_tokens=2),
-        call("yesterday-first", yesterday + timedelta(minutes=1), input_tokens=4),
-        call("before", yesterday - timedelta(minutes=1), input_tokens=8),
-        call("in-24h", now - timedelta(hours=23, minutes=58), input_tokens=16),
-        call("out-24h", now - timedelta(hours=24, minutes=2), input_tokens=32),
-        call("out-2d", now - timedelta(hours=50), input_tokens=64),
-    ])
-    times = {cid: datetime.fromisoformat(at.replace("Z", "+00:00"))
-             for cid, at in ((r["id"], r["started_at"]) for r in json.loads(run(home, "calls", "--json").stdout))}
+# Calls around "now" (call i has 2**i input tokens, so a total names its calls) and the calls
+# each period holds. Both moments are 00:30 in New York just after a clock change, so yesterday
+# there had 25 or 23 hours, and --last 2d (calendar days on the local clock) is not 48 hours.
+AROUND_NOW = {
+    "after the autumn change": (
+        "2026-11-02T05:30:00Z",  # Mon 00:30 EST; Sun 1 Nov had 25 hours (02:00 EDT -> 01:00 EST)
+        [
+            ("today-first", "2026-11-02T05:01:00Z"),  # 00:01 EST today
+            ("yesterday-last", "2026-11-02T04:59:00Z"),  # 23:59 EST yesterday; already today in Tokyo
+            ("yesterday-first", "2026-11-01T04:01:00Z"),  # 00:01 EDT yesterday, 25h29m ago
+            ("before", "2026-11-01T03:59:00Z"),  # 23:59 EDT the day before
+            ("in-24h", "2026-11-01T05:32:00Z"),  # 23h58m ago
+            ("out-24h", "2026-11-01T05:28:00Z"),  # 24h02m ago
+            ("in-2d", "2026-10-31T04:45:00Z"),  # 00:45 EDT two days ago: in --last 2d, though 48h45m ago
+            ("out-2d", "2026-10-31T04:15:00Z"),  # 00:15 EDT two days ago
+        ],
+        {
+            "today": {"today-first"},
+            "yesterday": {"yesterday-last", "yesterday-first", "in-24h", "out-24h"},
+            "24h": {"today-first", "yesterday-last", "in-24h"},
+            "2d": {"today-first", "yesterday-last", "yesterday-first", "before", "in-24h", "out-24h", "in-2d"},
+            "2d utc": {"today-first", "yesterday-last", "yesterday-first", "before", "in-24h", "out-24h"},
+            "today in Tokyo": {"today-first", "yesterday-last"},
+        },
+    ),
+    "after the spring change": (
+        "2026-03-09T04:30:00Z",  # Mon 00:30 EDT; Sun 8 Mar had 23 hours (02:00 EST -> 03:00 EDT)
+        [
+            ("today-first", "2026-03-09T04:01:00Z"),  # 00:01 EDT today
+            ("yesterday-last", "2026-03-09T03:59:00Z"),  # 23:59 EDT yesterday
+            ("yesterday-first", "2026-03-08T05:01:00Z"),  # 00:01 EST yesterday
+            ("before", "2026-03-08T04:59:00Z"),  # 23:59 EST the day before, yet only 23h31m ago
+            ("in-24h", "2026-03-08T04:32:00Z"),  # 23h58m ago
+            ("out-24h", "2026-03-08T04:28:00Z"),  # 24h02m ago
+            ("in-2d", "2026-03-07T05:45:00Z"),  # 00:45 EST two days ago
+            ("out-2d", "2026-03-07T05:15:00Z"),  # 00:15 EST two days ago: out of --last 2d, though 47h15m ago
+            ("out-48h", "2026-03-07T04:15:00Z"),  # 48h15m ago
+        ],
+        {
+            "today": {"today-first"},
+            "yesterday": {"yesterday-last", "yesterday-first"},
+            "24h": {"today-first", "yesterday-last", "yesterday-first", "before", "in-24h"},
+            "2d": {"today-first", "yesterday-last", "yesterday-first", "before", "in-24h", "out-24h", "in-2d"},
+            "2d utc": {"today-first", "yesterday-last", "yesterday-first", "before", "in-24h", "out-24h", "in-2d",
+                       "out-2d"},
+            "today in Tokyo": {"today-first", "yesterday-last"},
+        },
+    ),
+}
 
-    def tokens(*args: str, env: dict[str, str] | None = None) -> int:
-        return report_json(home, *args, env=env)["totals"]["input_tokens"]
 
-    def inside(start: datetime, end: datetime) -> int:
-        return sum(2 ** i for i, cid in enumerate(times) if start <= times[cid] < end)
+@pytest.mark.parametrize("case", list(AROUND_NOW))
+def test_today_yesterday_and_last(home: Path, clock, case: str) -> None:
+    now, calls, expected = AROUND_NOW[case]
+    clock(now)
+    names = [name for name, _ in calls]
+    write_ledger(home / "ledger.db", [call(name, at, input_tokens=2**i) for i, (name, at) in enumerate(calls)])
 
-    assert tokens("--today", "--tz", NY) == inside(today, today + timedelta(days=1))
-    assert tokens("--today", "--tz", NY) & 1 and not tokens("--today", "--tz", NY) & 2
-    assert tokens("--yesterday", "--tz", NY) & 0b110 == 0b110 and not tokens("--yesterday", "--tz", NY) & 0b1001
-    assert tokens("--last", "24h") & 16 and not tokens("--last", "24h") & 96
-    assert tokens("--last", "2d") & 16 + 32 == 48 and not tokens("--last", "2d") & 64
+    def included(*args: str, env: dict[str, str] | None = None) -> set[str]:
+        tokens = report_json(home, *args, env=env)["totals"]["input_tokens"]
+        return {name for i, name in enumerate(names) if tokens & 2**i}
+
+    assert included("--today", "--tz", NY) == expected["today"]
+    assert included("--yesterday", "--tz", NY) == expected["yesterday"]
+    assert included("--last", "24h") == included("--last", "24h", "--tz", "Asia/Tokyo") == expected["24h"]
+    assert included("--last", "2d", "--tz", NY) == expected["2d"]
+    assert included("--last", "2d", "--utc") == expected["2d utc"]
     # No period: today, in the local zone ($TZ).
-    assert tokens(env={"TZ": NY}) == tokens("--today", "--tz", NY) == tokens("--tz", NY, env={"TZ": "Asia/Tokyo"})
+    assert included(env={"TZ": NY}) == included("--tz", NY, env={"TZ": "Asia/Tokyo"}) == expected["today"]
+    assert included(env={"TZ": "Asia/Tokyo"}) == expected["today in Tokyo"]
     assert report_json(home, env={"TZ": NY})["tz"] == NY
 
 
@@ -481,40 +521,89 @@ def test_what_if_follows_price_dates_tiers_and_peak_hours(fixed_home: Path, mode
     assert (flat_total != priced(*march)) == (model != "test-cheap")
 
 
-def test_month_projection_and_budgets(home: Path) -> None:
-    zone = ZoneInfo(NY)
-    now = datetime.now(UTC)
-    month_start = datetime.combine(now.astimezone(zone).date().replace(day=1), time(), tzinfo=zone)
-    today = datetime.combine(now.astimezone(zone).date(), time(), tzinfo=zone)
+# The month so far at a given "now" in New York, with $100 spent just before the month began
+# (already this month in UTC). Budgets: $20 a day, $25 a month.
+PROJECTIONS = {
+    "first day of the month": dict(
+        now="2026-12-02T02:00:00Z",  # Tue 1 Dec, 21:00 EST: still the 1st in New York, the 2nd in UTC
+        calls=[
+            ("before", "2026-12-01T04:59:59.999Z", 100, "marcus"),  # 30 Nov, 23:59:59.999 EST
+            ("early", "2026-12-01T05:00:00.000Z", 3, "marcus"),  # the month's first instant: also today
+            ("today", "2026-12-02T01:30:00.000Z", 17, "nightly"),  # 20:30 EST
+            ("unpriced", "2026-12-02T01:30:01.000Z", None, "marcus"),
+        ],
+        month="2026-12", spent=20, today=20, nightly=17,
+        hours_elapsed=21, days_in_month=31,
+    ),
+    "mid-month, after the clocks went forward": dict(
+        now="2026-03-15T16:00:00Z",  # Sun 15 Mar, 12:00 EDT: 14 days and 11 hours since 1 Mar, 00:00 EST
+        calls=[
+            ("before", "2026-03-01T04:59:59.999Z", 100, "marcus"),  # 28 Feb, 23:59:59.999 EST
+            ("early", "2026-03-01T05:00:00.000Z", 3, "marcus"),  # the month's first instant
+            ("eve", "2026-03-15T03:59:59.999Z", 1, "marcus"),  # 14 Mar, 23:59:59.999 EDT
+            ("today", "2026-03-15T04:00:01.000Z", 17, "nightly"),  # 00:00:01 EDT today
+            ("unpriced", "2026-03-15T04:00:02.000Z", None, "marcus"),
+        ],
+        month="2026-03", spent=21, today=17, nightly=17,
+        hours_elapsed=14 * 24 + 11, days_in_month=31,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PROJECTIONS))
+def test_month_projection_and_budgets(home: Path, clock, case: str) -> None:
+    c = PROJECTIONS[case]
+    clock(c["now"])
     write_ledger(home / "ledger.db", [
-        call("early", month_start, cost_picousd=3 * 10**12),  # $3 at the month's first instant
-        call("today", today + timedelta(seconds=1), cost_picousd=17 * 10**12, agent="nightly"),  # $17 today
-        call("unpriced", today + timedelta(seconds=2), cost_picousd=None),
+        call(name, at, cost_picousd=None if usd is None else usd * 10**12, agent=agent)
+        for name, at, usd, agent in c["calls"]
     ])
     (home / "config.toml").write_text("[budgets]\ndaily_usd = 20\nmonthly_usd = 25\n")
     result = run(home, "report", "--month", "--tz", NY, "--json")
     data = json.loads(result.stdout)
-    projection = data["projection"]
-    assert projection["spent_usd"] == 20.0 and projection["unpriced_calls"] == 1
-    next_month = (month_start.date() + timedelta(days=31)).replace(day=1)
-    assert projection["days_in_month"] == (next_month - month_start.date()).days
-    assert 0 < projection["days_elapsed"] <= projection["days_in_month"]
-    month_days = (datetime.combine(next_month, time(), tzinfo=zone) - month_start).total_seconds() / 86400
-    assert projection["projected_usd"] == pytest.approx(20 / projection["days_elapsed"] * month_days, rel=1e-5)
-    assert projection["daily_rate_usd"] == pytest.approx(20 / projection["days_elapsed"], rel=1e-5)
+    spent, today = c["spent"], c["today"]
+    rate = Fraction(spent * 24, c["hours_elapsed"])  # dollars a day so far (real hours)
+    projected = rate * c["days_in_month"]  # a month of calendar days (March's lost hour is not taken off)
+    assert data["projection"] == {
+        "month": c["month"],
+        "spent_usd": spent,
+        "days_elapsed": float(round(Fraction(c["hours_elapsed"], 24), 6)),
+        "days_in_month": c["days_in_month"],
+        "daily_rate_usd": pytest.approx(float(rate), rel=1e-12),
+        "projected_usd": pytest.approx(float(projected), rel=1e-12),
+        "unpriced_calls": 1,
+    }
+    assert data["totals"]["cost_usd"] == spent and data["totals"]["calls"] == len(c["calls"]) - 1
+
+    def status(used: Fraction) -> str:
+        return "over" if used >= 1 else "warning" if used >= Fraction(8, 10) else "ok"
+
     daily, monthly = data["budget"]["daily"], data["budget"]["monthly"]
-    assert daily == {"limit_usd": 20.0, "spent_usd": 17.0, "used": 0.85, "status": "warning"}
-    assert (monthly["spent_usd"], monthly["used"], monthly["status"]) == (20.0, 0.8, "warning")
-    assert monthly["projected_usd"] == projection["projected_usd"]
-    assert "warning: daily budget warning: $17.00 of $20.00 (85%)" in result.stderr
+    assert daily == {"limit_usd": 20.0, "spent_usd": today, "used": today / 20, "status": status(Fraction(today, 20))}
+    assert monthly == {
+        "limit_usd": 25.0, "spent_usd": spent, "used": spent / 25, "status": status(Fraction(spent, 25)),
+        "projected_usd": data["projection"]["projected_usd"], "projected_status": status(projected / 25),
+    }
+    assert result.stderr.splitlines() == [
+        f"warning: daily budget {daily['status']}: ${today:.2f} of $20.00 ({today / 20:.0%})",
+        f"warning: monthly budget {monthly['status']}: ${spent:.2f} of $25.00 ({spent / 25:.0%})",
+    ]
+    text = run(home, "report", "--month", "--tz", NY).stdout
+    days = f"{float(Fraction(c['hours_elapsed'], 24)):.1f}"
+    assert (f"Month {c['month']}: ${spent:.2f} spent in {days} of {c['days_in_month']} days; "
+            f"at ${float(rate):,.2f}/day, ${float(projected):,.2f} by the month's end.") in text
 
     # Filters narrow the projection, never the budgets (which are about all spend).
     filtered = report_json(home, "--month", "--tz", NY, "--agent", "nightly")
-    assert filtered["projection"]["spent_usd"] == 17.0 and filtered["budget"]["daily"]["spent_usd"] == 17.0
+    assert filtered["projection"]["spent_usd"] == c["nightly"] and filtered["projection"]["unpriced_calls"] == 0
+    assert filtered["budget"] == data["budget"]
+    # The same month named, or seen from another zone, is not "the current month" of New York.
+    assert report_json(home, "--month", c["month"], "--tz", NY)["projection"] == data["projection"]
+    assert report_json(home, "--month", "--utc")["projection"]["month"] == c["now"][:7]
     (home / "config.toml").write_text("[budgets]\ndaily_usd = 10\n")
     over = run(home, "report", "--today", "--tz", NY)
-    assert "Budget daily: $17.00 of $10.00 today (170%), over." in over.stdout
-    assert "warning: daily budget over" in over.stderr
+    assert f"Budget daily: ${today:.2f} of $10.00 today ({today / 10:.0%}), over." in over.stdout
+    assert f"warning: daily budget over: ${today:.2f} of $10.00" in over.stderr
     assert report_json(home, "--today", "--tz", NY)["projection"] is None  # only for the current month
 
 

@@ -4,7 +4,7 @@ shape, full bodies (restorable, redacted, streams still streams), headers, the n
 from __future__ import annotations
 
 import json
-import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from meterproxy.wire.exchange import Exchange
 from meterproxy.wire.tap import Body
 
 KEY = "sk-proj-abcDEF1234567890abcdefGHIJ"
+STARTED_AT = datetime(2026, 11, 22, 9, 15, 2, tzinfo=UTC).timestamp()
 
 
 def exchange(request: Any, response_bytes: bytes, content_type: str = "application/json", **fields: Any) -> Exchange:
@@ -25,7 +26,7 @@ def exchange(request: Any, response_bytes: bytes, content_type: str = "applicati
     ex = Exchange(
         id="01TESTEXCHANGE", provider="openai", scheme="https", host="api.openai.com", port=443, method="POST",
         path="/v1/chat/completions", query={}, request_headers={"content-type": "application/json"},
-        request_body=body, started_at=time.time(), status=200,
+        request_body=body, started_at=STARTED_AT, status=200,
         response_headers={"content-type": content_type}, response=Body(head=response_bytes, size=len(response_bytes)),
     )
     for name, value in fields.items():
