@@ -1,4 +1,4 @@
-"""Provider parsers, selected by route name.
+"""Stage 2, the providers: parsers, selected by route name.
 
 Each parser classifies endpoints (model call, other API call, or unknown), reads the request's
 model, stream flag and prompt, and reads the response's usage into the normalized

@@ -1,1 +1,2 @@
-"""Reading the ledger: periods and zones, filters and call listings, spend reports and their rendering."""
+"""Reading the ledger, never the proxy: periods and zones, filters and call listings, spend
+reports and their rendering (for the CLI, and the web app to come)."""
