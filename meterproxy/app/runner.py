@@ -2,7 +2,9 @@
 
 Process-wide tuning (the GIL switch interval, freezing startup objects out of the collector's
 sight) happens here, in meterproxy's own process only: the addon loaded into a user's own
-``mitmdump`` changes nothing process-wide. On SIGINT/SIGTERM the proxy stops accepting connections, lets calls in flight finish (up to
+``mitmdump`` changes nothing process-wide.
+
+On SIGINT/SIGTERM the proxy stops accepting connections, lets calls in flight finish (up to
 ``grace`` seconds), writes every queued record, and returns 0. A second signal stops at once
 (still writing what is queued).
 """

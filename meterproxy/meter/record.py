@@ -21,7 +21,7 @@ from meterproxy.providers.usage import Usage, UsageSource
 from meterproxy.times import at_utc, iso_utc
 from meterproxy.wire.exchange import Exchange
 from meterproxy.wire.headers import REQUEST_ID_HEADERS
-from meterproxy.wire.tap import decode_body
+from meterproxy.wire.tap import decode_body, stream_kind
 
 log = logging.getLogger("meterproxy")
 
@@ -72,7 +72,7 @@ class Meter:
             "outcome": outcome,
             "request_model": request.model,
             "model": model,
-            "stream": int(request.stream or "text/event-stream" in ex.response_headers.get("content-type", "")),
+            "stream": int(request.stream or stream_kind(ex.response_headers.get("content-type", "")) == "sse"),
             "provider_request_id": next(
                 (ex.response_headers[h] for h in REQUEST_ID_HEADERS if h in ex.response_headers), None
             ),

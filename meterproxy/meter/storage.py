@@ -36,8 +36,6 @@ from meterproxy.wire.tap import Body, stream_kind
 
 log = logging.getLogger("meterproxy")
 
-
-
 SAFE_FIELDS = frozenset({
     "id", "started_at", "provider", "host", "method", "outcome", "agent", "session", "task",
     "client_process", "request_model", "model", "provider_request_id", "response_id",

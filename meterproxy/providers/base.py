@@ -218,13 +218,13 @@ def ndjson_objects(body: Body) -> Iterator[Any]:
 def load_body(body: Body) -> tuple[Any, ParsedResponse | None]:
     """A whole JSON body's value, or ``(None, a ParsedResponse saying why it cannot be read)``."""
     data = body.complete_bytes
-    if data is not None and not data.strip():
+    if data is None:
+        return None, ParsedResponse(note=f"JSON body of {body.size} bytes too large to parse")
+    if not data.strip():
         return None, ParsedResponse(note="empty response body")
     try:
         return whole_json(body), None
     except ValueError as e:
-        if data is None:
-            return None, ParsedResponse(note=str(e))
         problem = f"response is not valid JSON ({e})"
         return None, ParsedResponse(note=problem, error=problem)
 

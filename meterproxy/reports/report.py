@@ -348,7 +348,7 @@ def _node(
     values = dict(zip(METRICS, [sum(column) for column in zip(*members.values())] or [0] * len(METRICS)))
     node: dict[str, Any] = {"key": key, "calls": values["calls"]}
     node |= {t: values[t] for t in TOKEN_FIELDS}
-    node["cost_usd"] = usd_float(Decimal(values["cost_picousd"]))
+    node["cost_usd"] = usd_float(values["cost_picousd"])
     node |= {m: values[m] for m in METRICS if m not in node}
     if costs is not None:
         node["what_if_cost_usd"] = float(sum((costs.get(k, Decimal(0)) for k in members), Decimal(0)))
