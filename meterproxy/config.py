@@ -26,7 +26,6 @@ from pydantic import (
 )
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.redact.engine import Redactor
 
 DEFAULT_HOME = "~/.meterproxy"
 
@@ -60,7 +59,10 @@ class RedactSettings(_Section):
 
     @model_validator(mode="after")
     def _compiles(self) -> RedactSettings:
-        Redactor(self.patterns, self.allow)  # raises ValueError naming a bad pattern
+        if self.patterns or self.allow:
+            from meterproxy.redact.engine import Redactor  # its rule set is costly to load: only when needed
+
+            Redactor(self.patterns, self.allow)  # raises ValueError naming a bad pattern
         return self
 
 

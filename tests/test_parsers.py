@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meterproxy.providers import PROVIDERS, get_provider
+from meterproxy.providers.registry import PROVIDERS, get_provider
 from meterproxy.wire.tap import Body
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -13,7 +13,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterproxy.providers import PROVIDERS, get_provider
+from meterproxy.providers.registry import PROVIDERS, get_provider
 from meterproxy.wire.routes import BUILTIN_ROUTES, RouteTable
 from meterproxy.wire.tap import STREAM_HEAD_LIMIT, Body, ResponseTap
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterproxy.providers import get_provider
+from meterproxy.providers.registry import get_provider
 from meterproxy.wire.streamusage import UsageChunkStripper, inject
 from meterproxy.wire.tap import ResponseTap
 

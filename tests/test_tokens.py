@@ -9,7 +9,7 @@ import pytest
 import tiktoken
 
 from meterproxy.meter import tokens
-from meterproxy.providers import get_provider
+from meterproxy.providers.registry import get_provider
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from mitmproxy.connection import ConnectionState
 
 from meterproxy.app.wiring import Pipeline, Settings
 from meterproxy.errors import MeterproxyError
-from meterproxy.providers import PROVIDERS
+from meterproxy.providers.registry import PROVIDERS
 from meterproxy.wire import streamusage
 from meterproxy.wire.attribution import (
     AGENT_HEADER,

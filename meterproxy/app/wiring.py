@@ -21,14 +21,13 @@ from meterproxy.config import STORE_POLICIES, Config, Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.mirror import JsonlMirror
 from meterproxy.ledger.writer import LedgerWriter
-from meterproxy.meter import tokens
 from meterproxy.meter.record import Meter
 from meterproxy.meter.storage import Storage
 from meterproxy.outbox.receipt import Outbox
 from meterproxy.outbox.sender import Sender
 from meterproxy.outbox.settings import Forwarding
 from meterproxy.pricing.table import PriceTable
-from meterproxy.providers import PROVIDERS
+from meterproxy.providers.registry import PROVIDERS
 from meterproxy.redact.engine import Redactor
 from meterproxy.redact.logs import redact_logs
 from meterproxy.wire.routes import RouteTable
@@ -84,7 +83,6 @@ class Pipeline:
     def start(self) -> None:
         """Open the ledger and start the writer (a broken ledger raises here), then the rest."""
         self.writer.start()
-        tokens.preload()
         redact_logs(self.storage.redactor)
         log.info(self.describe())
         if self.sender is not None:

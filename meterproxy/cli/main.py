@@ -5,11 +5,13 @@ non-zero exit (2 for usage errors, 1 for everything else), never a traceback.
 
 The commands live in one module per subject (:mod:`~meterproxy.cli.proxy_commands`,
 :mod:`~meterproxy.cli.ledger_commands`, :mod:`~meterproxy.cli.outbox_commands`,
-:mod:`~meterproxy.cli.price_commands`), which know nothing of this group: it adds them here.
+:mod:`~meterproxy.cli.price_commands`), which know nothing of this group: :data:`COMMANDS` names
+them here.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sqlite3
 import sys
@@ -17,25 +19,48 @@ import sys
 import click
 
 from meterproxy import __version__
-from meterproxy.cli import ledger_commands, outbox_commands, price_commands, proxy_commands
 from meterproxy.errors import MeterproxyError
 
+COMMANDS: dict[str, tuple[str, str]] = {
+    "start": ("proxy_commands:start", "Run the metering proxy in the foreground."),
+    "env": ("proxy_commands:env", "Print shell export lines that send a shell's traffic through meterproxy."),
+    "run": ("proxy_commands:run", "Run COMMAND with its traffic going through meterproxy; exit with its exit code."),
+    "calls": ("ledger_commands:calls", "List the newest calls, or follow new ones as they are recorded."),
+    "report": ("ledger_commands:report", "What was spent, on what, by whom (default: today, by model)."),
+    "archive": ("ledger_commands:archive_command", "Move old calls into archive/YYYY-MM.db (reports read them with --include-archive)."),
+    "forward": ("outbox_commands:forward", "Deliver pending receipts to LockN Logger now, then exit (for cron, or after an outage)."),
+    "pricing": ("price_commands:pricing", "Prices: check a price file, show how a model is priced, import LiteLLM's prices."),
+    "reprice": ("price_commands:reprice_command", "Recompute the cost of stored calls with the current prices, and say what changed."),
+}
+"""Command name -> ``module:attribute`` under :mod:`meterproxy.cli`, and its one-line help.
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+A command's module is imported only when that command runs, so ``meterproxy --help`` and each
+read-only command load only what they use (mitmproxy, the web stack and rich stay unloaded
+unless needed). A test checks that each line matches the command's own help.
+"""
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use (see :data:`COMMANDS`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[cmd_name][0].split(":")
+        return getattr(importlib.import_module(f"meterproxy.cli.{module}"), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="meterproxy")
 def cli() -> None:
     """Meter LLM traffic in flight: tokens, cost, and who spent it."""
-
-
-cli.add_command(proxy_commands.start)
-cli.add_command(proxy_commands.env)
-cli.add_command(proxy_commands.run)
-cli.add_command(ledger_commands.calls)
-cli.add_command(ledger_commands.report)
-cli.add_command(ledger_commands.archive_command)
-cli.add_command(outbox_commands.forward)
-cli.add_command(price_commands.pricing)
-cli.add_command(price_commands.reprice_command)
 
 
 def main() -> None:

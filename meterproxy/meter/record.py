@@ -15,8 +15,8 @@ from typing import Any
 from meterproxy.meter import tokens
 from meterproxy.meter.storage import Storage
 from meterproxy.pricing.table import NO_PRICE, PriceTable
-from meterproxy.providers import get_provider
 from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo, decode_request
+from meterproxy.providers.registry import get_provider
 from meterproxy.providers.usage import Usage, UsageSource
 from meterproxy.times import at_utc, iso_utc
 from meterproxy.wire.exchange import Exchange

@@ -1,8 +1,9 @@
 """Token estimates for calls whose response reports no usage (or only part of it).
 
 Counting runs on the writer thread, never on the proxy's event loop. The tiktoken encodings
-load once, in a background thread started with the proxy (:func:`preload`); the first estimate
-waits for them at most ``LOAD_WAIT`` seconds. When an encoding cannot be loaded (offline with no
+load once, in a background thread started by the first estimate (not with the proxy: they hold
+about 100 MiB that a proxy whose providers report usage never needs); that estimate waits for them
+at most ``LOAD_WAIT`` seconds. When an encoding cannot be loaded (offline with no
 ``TIKTOKEN_CACHE_DIR``), estimates fall back to a character heuristic and say so:
 
 - OpenAI models use their own encoding (``o200k_base`` for gpt-4o, gpt-4.1, gpt-5, o-series;
@@ -82,11 +83,6 @@ class _Encodings:
 
 
 _encodings = _Encodings(ENCODINGS)
-
-
-def preload() -> None:
-    """Start loading the encodings in the background (idempotent)."""
-    _encodings.start()
 
 
 def encoding_for(model: str | None) -> tuple[str, bool]:
