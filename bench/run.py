@@ -30,7 +30,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import load, report, writer_load
+from bench import load, report, startup, writer_load
 from bench.load import Scenario, Stats, percentile
 from tests.proxy_process import REPO, ProxyProcess
 
@@ -50,13 +50,17 @@ class Mode:
     big_stream: int
     writer_seconds: float
     burst: int
+    ledger_calls: int
+    """Size of the ledger the read-only commands are timed over."""
+    command_runs: int
 
 
 MODES = {
     "quick": Mode("quick", segment=0.6, rounds=1, warmup=0.3, chunks=10, interval_ms=10,
-                  big_stream=16 * MIB, writer_seconds=1.0, burst=500),
+                  big_stream=16 * MIB, writer_seconds=1.0, burst=500, ledger_calls=20_000, command_runs=3),
     "full": Mode("full", segment=3.0, rounds=8, warmup=2.0, chunks=50, interval_ms=20,
-                 big_stream=1024 * MIB, writer_seconds=10.0, burst=5000),
+                 big_stream=1024 * MIB, writer_seconds=10.0, burst=5000, ledger_calls=1_000_000,
+                 command_runs=9),
 }
 WRITER_RATE = 500
 
@@ -309,7 +313,7 @@ async def run(mode: Mode, work: Path, meterproxy_args: Sequence[str] = ()) -> di
     }
     bench = Bench(mode, work, meterproxy_args)
     try:
-        await asyncio.sleep(2)  # meterproxy loads its tiktoken encodings in the background
+        await asyncio.sleep(2)  # idle: what each proxy holds before its first call
         result["rss_at_start_mib"] = {path: round(memory_mib(pid)["rss"], 1) for path, pid in bench.pids.items()}
         for scenario in scenarios(mode):
             result["scenarios"][scenario.name] = await bench.scenario(scenario)
@@ -319,6 +323,8 @@ async def run(mode: Mode, work: Path, meterproxy_args: Sequence[str] = ()) -> di
         result |= await bench.close()
     result["writer"] = writer_load.measure(work / "writer.db", WRITER_RATE, mode.writer_seconds, mode.burst)
     result["writer"]["record_cpu_us"] = writer_load.record_costs(mode.burst // 10)
+    result["startup"] = startup.measure(Path(tempfile.gettempdir()) / "meterproxy-bench", mode.ledger_calls,
+                                        mode.command_runs)
     result["load_average"]["end"] = os.getloadavg()
     result["targets"] = report.targets(result, WRITER_RATE)
     return result
