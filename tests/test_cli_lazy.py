@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 
 import click
+from sqlite_utils import Database
 
 from meterproxy.cli.main import COMMANDS, cli
+from meterproxy.ledger.db import connect, migrations, read
 
 
 def test_every_command_is_listed_with_its_own_help() -> None:
@@ -19,15 +22,26 @@ def test_every_command_is_listed_with_its_own_help() -> None:
 
 
 def test_help_and_a_report_load_no_proxy_or_web_stack(tmp_path) -> None:
+    connect(tmp_path / "ledger.db").close()  # a current ledger is read with no sqlite-utils
     probe = (
         "import sys\n"
         "from meterproxy.cli.main import main\n"
         "sys.argv = ['meterproxy', *sys.argv[1:]]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'mitmproxy', 'OpenSSL', 'cryptography', 'starlette',"
-        " 'uvicorn', 'tiktoken'})\n"
+        " 'uvicorn', 'tiktoken', 'sqlite_utils'})\n"
         "print('LOADED', heavy, file=sys.stderr)\n"
     )
     for args in (["--help"], ["report", "--home", str(tmp_path), "--json"]):
         done = subprocess.run([sys.executable, "-c", probe, *args], check=False, capture_output=True, text=True, timeout=60)
         assert "LOADED []" in done.stderr, (args, done.stderr)
+
+
+def test_a_current_ledger_is_read_plainly_and_an_old_one_is_migrated_first(tmp_path) -> None:
+    current, old = tmp_path / "current.db", tmp_path / "old.db"
+    connect(current).close()
+    assert isinstance(read(current), sqlite3.Connection)
+    migrations.apply(Database(old), stop_before=migrations.names[-1])  # the schema before the newest migration
+    migrated = read(old)
+    assert not isinstance(migrated, sqlite3.Connection)
+    assert migrations.names[-1] in {name for (name,) in migrated.execute("SELECT name FROM _sqlite_migrations")}

@@ -16,7 +16,7 @@ from meterproxy.cli import options
 from meterproxy.cli.options import filter_options, home_option, period_options
 from meterproxy.config import Home
 from meterproxy.ledger.archive import archive, archive_files, pending
-from meterproxy.ledger.db import connect
+from meterproxy.ledger.db import read
 from meterproxy.pricing.table import PriceTable
 from meterproxy.reports.periods import Period, last_period
 from meterproxy.reports.query import Filters, last_rowid, list_calls
@@ -46,7 +46,7 @@ def calls(
     home: Home, period: Period | None, filters: Filters, limit: int, follow: bool, interval: float, as_json: bool
 ) -> None:
     """List the newest calls, or follow new ones as they are recorded."""
-    db = options.ledger(home)
+    db = options.reader(home)
     bounds = (period.start, period.end) if period else (None, None)
     newest = last_rowid(db)
     rows = list_calls(db, filters, *bounds, limit=limit, upto_rowid=newest)
@@ -93,9 +93,9 @@ def report(
         raise click.BadParameter("each key may be given once", param_hint="'--by'")
     budgets = home.ensure().load_config().budgets
     query = Query(period, by or ("model",), filters, top, _what_if(home, what_if) if what_if else None)
-    dbs = [options.ledger(home)]
+    dbs = [options.reader(home)]
     if include_archive:
-        dbs += [connect(path) for path in archive_files(home.archive, period.start, period.end)]
+        dbs += [read(path) for path in archive_files(home.archive, period.start, period.end)]
     data = full_report(dbs, query, options.now(), budgets.daily_usd, budgets.monthly_usd, budgets.warn_at)
     if as_json:
         click.echo(json.dumps(data, indent=2))

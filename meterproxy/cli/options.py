@@ -18,7 +18,7 @@ from rich.console import Console
 from meterproxy import times
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
-from meterproxy.ledger.db import connect
+from meterproxy.ledger.db import Reader, connect, read
 from meterproxy.reports.periods import Period, day_period, last_period, month_period, range_period, zone_named
 from meterproxy.reports.query import FILTERS, Filters
 
@@ -144,7 +144,13 @@ def now() -> datetime:
 
 
 def ledger(home: Home):
+    """The ledger, to write (migrated first)."""
     return connect(home.ensure().ledger)
+
+
+def reader(home: Home) -> Reader:
+    """The ledger, to read."""
+    return read(home.ensure().ledger)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -62,7 +62,7 @@ def forward(home: Home, status: bool, retry_rejected: bool, dry_run: bool, as_js
 
 
 def _forward_status(home: Home, forwarding: Forwarding, as_json: bool) -> None:
-    data = outbox_status(options.ledger(home))
+    data = outbox_status(options.reader(home))
     if as_json:
         click.echo(json.dumps({"endpoint": forwarding.where(), **data}, indent=2))
         return

@@ -41,7 +41,7 @@ def pricing_check(home: Home, file: Path | None) -> None:
     if not home.ledger.exists():
         click.echo("ledger: none yet")
         return
-    cursor = options.ledger(home).execute(
+    cursor = options.reader(home).execute(
         "SELECT provider, COALESCE(model, request_model) AS name, COUNT(*), MIN(started_at), MAX(started_at) "
         "FROM calls GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
     )

@@ -13,11 +13,13 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from meterproxy.ledger.db import connect
 from meterproxy.times import iso_utc
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 TABLES = ("calls", "api_calls")
 BATCH = 2000

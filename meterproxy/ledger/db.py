@@ -8,18 +8,56 @@ go to ``api_calls`` and never into spend. Timestamps are ISO-8601 UTC with milli
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
+from typing import TYPE_CHECKING, Any, Protocol
 
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger import rollup
 from meterproxy.providers.usage import TOKEN_FIELDS
 
-migrations = Migrations("meterproxy")
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+MIGRATION_SET = "meterproxy"
+
+
+class Reader(Protocol):
+    """What the reports need of a ledger: a plain :class:`sqlite3.Connection` or a sqlite-utils Database."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> sqlite3.Cursor: ...
+
+
+class _Migrations:
+    """The schema's migrations in order, kept as plain functions so that reading the ledger (see
+    :func:`read`) needs no sqlite-utils; :func:`connect` applies them with sqlite-utils' own
+    ``Migrations`` (same set name, same function names, so existing ledgers carry on)."""
+
+    def __init__(self) -> None:
+        self.steps: list[Callable[[Database], None]] = []
+
+    def __call__(self) -> Callable[[Callable[[Database], None]], Callable[[Database], None]]:
+        def register(step: Callable[[Database], None]) -> Callable[[Database], None]:
+            self.steps.append(step)
+            return step
+
+        return register
+
+    @property
+    def names(self) -> list[str]:
+        return [step.__name__ for step in self.steps]
+
+    def apply(self, db: Database, stop_before: str | None = None) -> None:
+        """Apply the steps ``db`` has not had yet, in order (up to ``stop_before``, for tests of old ledgers)."""
+        from sqlite_utils.migrations import Migrations
+
+        pending = Migrations(MIGRATION_SET)
+        for step in self.steps:
+            pending(name=step.__name__)(step)
+        pending.apply(db, stop_before=stop_before)
+
+
+migrations = _Migrations()
 
 CALL_COLUMNS: dict[str, type] = {
     "id": str,
@@ -133,6 +171,8 @@ def m004_daily_views(db: Database) -> None:
 
 def connect(path: Path) -> Database:
     """Open the ledger (creating it if needed), in WAL mode, migrated to the current schema."""
+    from sqlite_utils import Database
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -143,6 +183,23 @@ def connect(path: Path) -> Database:
     except (OSError, sqlite3.Error) as e:
         raise MeterproxyError(f"cannot open ledger {path}: {e}") from e
     return db
+
+
+def read(path: Path) -> Reader:
+    """Open the ledger for reading: a plain connection when its schema is current (no sqlite-utils
+    to import, which keeps read-only commands quick), else :func:`connect`, which migrates it."""
+    if path.exists():
+        try:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            applied = {name for (name,) in conn.execute(
+                "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET])}
+        except sqlite3.Error:
+            pass  # not a ledger yet (or not one at all): connect() says which
+        else:
+            if applied.issuperset(migrations.names):
+                return conn
+            conn.close()
+    return connect(path)
 
 
 def insert_rows(db: Database, table: str, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -12,13 +12,14 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from meterproxy.pricing.table import PriceTable
 from meterproxy.providers.usage import TOKEN_FIELDS, Usage
 from meterproxy.times import at_utc
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 BATCH = 5000
 TOKENS = TOKEN_FIELDS

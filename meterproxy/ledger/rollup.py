@@ -14,9 +14,12 @@ up exactly.
 
 from __future__ import annotations
 
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from meterproxy.providers.usage import TOKEN_FIELDS
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 BUCKETS: dict[str, tuple[str, str]] = {
     "call_hours": ("hour", "substr({p}started_at, 1, 13)"),  # 2026-11-22T09

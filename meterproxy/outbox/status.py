@@ -7,17 +7,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlite_utils import Database
-
+from meterproxy.ledger.db import Reader
 from meterproxy.outbox.receipt import wire_body
 from meterproxy.outbox.settings import Forwarding
 
 
-def count_pending(db: Database) -> int:
+def count_pending(db: Reader) -> int:
     return db.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
 
 
-def outbox_status(db: Database, rejected_limit: int = 20) -> dict[str, Any]:
+def outbox_status(db: Reader, rejected_limit: int = 20) -> dict[str, Any]:
     """Counts per state, the oldest pending receipt, and the newest rejected ones."""
     counts = dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
     oldest = db.execute(
@@ -38,7 +37,7 @@ def outbox_status(db: Database, rejected_limit: int = 20) -> dict[str, Any]:
     }
 
 
-def outbox_bodies(db: Database, forwarding: Forwarding, include_rejected: bool) -> Iterator[bytes]:
+def outbox_bodies(db: Reader, forwarding: Forwarding, include_rejected: bool) -> Iterator[bytes]:
     """The exact bodies :class:`Sender` would POST, oldest first."""
     states = ("pending", "rejected") if include_rejected else ("pending",)
     cursor = db.execute(

@@ -13,10 +13,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlite_utils import Database
-
 from meterproxy.ledger import rollup
-from meterproxy.ledger.db import LISTED_COLUMNS
+from meterproxy.ledger.db import LISTED_COLUMNS, Reader
 from meterproxy.times import iso_utc
 
 FILTERS = ("agent", "model", "provider", "session", "task", "outcome")
@@ -58,7 +56,7 @@ def _is_glob(value: str) -> bool:
 
 
 def list_calls(
-    db: Database,
+    db: Reader,
     filters: Filters = Filters(),
     start: datetime | None = None,
     end: datetime | None = None,
@@ -88,6 +86,6 @@ def list_calls(
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
-def last_rowid(db: Database) -> int:
+def last_rowid(db: Reader) -> int:
     """The rowid of the last call recorded (0 for none): calls recorded later have higher ones."""
     return db.execute("SELECT COALESCE(MAX(rowid), 0) FROM calls").fetchone()[0]

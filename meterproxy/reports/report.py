@@ -18,9 +18,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from sqlite_utils import Database
-
 from meterproxy.ledger import rollup
+from meterproxy.ledger.db import Reader
 from meterproxy.money import usd_float
 from meterproxy.pricing.table import Match, PriceTable, Rates
 from meterproxy.providers.usage import TOKEN_FIELDS, Usage
@@ -62,7 +61,7 @@ class Query:
     what_if: WhatIf | None = None
 
 
-def summarize(dbs: Sequence[Database], query: Query) -> dict[str, Any]:
+def summarize(dbs: Sequence[Reader], query: Query) -> dict[str, Any]:
     """The report of ``query`` over one or more ledgers (the main one, archives)."""
     rows: dict[tuple[str, ...], Sums] = {}
     for db in dbs:
@@ -93,7 +92,7 @@ def summarize(dbs: Sequence[Database], query: Query) -> dict[str, Any]:
 
 
 def full_report(
-    dbs: Sequence[Database], query: Query, now: datetime,
+    dbs: Sequence[Reader], query: Query, now: datetime,
     daily_usd: float | None = None, monthly_usd: float | None = None, warn_at: float = 0.8,
 ) -> dict[str, Any]:
     """:func:`summarize`, plus the month projection (for the current month) and the budgets."""
@@ -106,7 +105,7 @@ def full_report(
     return data
 
 
-def _month_projection(dbs: Sequence[Database], zone: tzinfo, filters: Filters, now: datetime) -> dict[str, Any]:
+def _month_projection(dbs: Sequence[Reader], zone: tzinfo, filters: Filters, now: datetime) -> dict[str, Any]:
     """Spend this month so far, and at the same daily rate by the month's end."""
     month = month_period(None, zone, now)
     so_far = Period(month.start, now.astimezone(zone), zone, month.label)
@@ -127,7 +126,7 @@ def _month_projection(dbs: Sequence[Database], zone: tzinfo, filters: Filters, n
 
 
 def _budget_status(
-    dbs: Sequence[Database], zone: tzinfo, daily_usd: float | None, monthly_usd: float | None, warn_at: float,
+    dbs: Sequence[Reader], zone: tzinfo, daily_usd: float | None, monthly_usd: float | None, warn_at: float,
     now: datetime,
 ) -> dict[str, Any] | None:
     """Today's and this month's spend (all calls) against the configured budgets."""
@@ -156,7 +155,7 @@ def _budget_status(
 # --- collecting -------------------------------------------------------------------------
 
 
-def _collect(db: Database, query: Query, into: dict[tuple[str, ...], Sums], extra: Sequence[str] = ()) -> None:
+def _collect(db: Reader, query: Query, into: dict[tuple[str, ...], Sums], extra: Sequence[str] = ()) -> None:
     """Add this ledger's rows of ``query`` to ``into``, keyed by their labels (then by the
     values of the ``extra`` SQL expressions over calls, which makes every row come from calls)."""
     # Two subqueries: SQLite answers each MIN/MAX from the index, not from a scan.
@@ -218,7 +217,7 @@ _SOURCES = {  # level -> (table, bucket column, bucket format, the bucket's star
 
 
 def _query(
-    db: Database, query: Query, level: str, start: datetime, end: datetime, offset: timedelta,
+    db: Reader, query: Query, level: str, start: datetime, end: datetime, offset: timedelta,
     into: dict[tuple[str, ...], Sums], extra: Sequence[str] = (),
 ) -> None:
     if level == "calls":
@@ -254,7 +253,7 @@ def _label(key: str, moment: str, offset: timedelta) -> str:
 # --- what-if -----------------------------------------------------------------------------
 
 
-def _what_if_costs(dbs: Sequence[Database], query: Query) -> dict[tuple[str, ...], Decimal]:
+def _what_if_costs(dbs: Sequence[Reader], query: Query) -> dict[tuple[str, ...], Decimal]:
     """The cost of each row's calls at the what-if model's prices. Its rates are linear in the
     token counts between the dates its prices change, so plain sums (the aggregates) price each
     stretch exactly; long-context tiers and peak hours depend on each call, so the calls are
