@@ -165,3 +165,15 @@ def insert_rows(db: Database, table: str, rows: Iterable[Mapping[str, Any]]) -> 
 
 LISTED_COLUMNS = [c for c, kind in CALL_COLUMNS.items() if kind is not bytes]
 """Every column but the stored bodies (``meterproxy calls`` output)."""
+
+
+def connect_reader(path: Path) -> Database:
+    """Open an existing ledger read-only: a WAL reader, which never blocks the proxy's writer
+    and never writes (``connect`` first creates and migrates it)."""
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA query_only=1")
+        return Database(conn)
+    except sqlite3.Error as e:
+        raise MeterproxyError(f"cannot read ledger {path}: {e}") from e
