@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
 import socket
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -41,5 +44,19 @@ def serve(home: Home, host: str, port: int, token: str | None) -> None:
           flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=1,
                             lifespan="off", server_header=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    _Server(config).run(sockets=[sock])
     sys.stdout.flush()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which ends with exit status 0 on SIGINT and SIGTERM (uvicorn's own raises
+    the signal again once it has stopped)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -115,8 +115,9 @@
     for (const row of rows) {
       const name = el("td", { class: "name", title: row[key], text: row[key] });
       if (row.percentOfTotal !== undefined) name.append(el("span", { class: "bar", style: `width:${row.percentOfTotal}%` }));
-      const unpriced = row.unpricedCalls ? ` (+${row.unpricedCalls} unpriced)` : "";
-      body.append(el("tr", {}, name, el("td", { class: "num", text: money(row.cost) + unpriced }),
+      const cost = el("td", { class: "num", text: money(row.cost) });
+      if (row.unpricedCalls) cost.append(el("small", { class: "note", text: `+${row.unpricedCalls} unpriced` }));
+      body.append(el("tr", {}, name, cost,
         el("td", { class: "num", text: count(row.tokens) }),
         el("td", { class: "num", text: row.percentOfTotal === undefined ? "" : row.percentOfTotal.toFixed(1) })));
     }
@@ -133,7 +134,7 @@
     if (chart) chart.destroy();
     chart = new uPlot({
       width, height,
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+      scales: { x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
       axes: [{}, { values: (u, values) => values.map((v) => "$" + v.toFixed(v < 1 ? 2 : 0)), size: 60 }],
       series: [{}, { label: "cost", stroke: "#2563eb", fill: "rgba(37,99,235,.35)", width: 1,
                      paths: uPlot.paths.bars({ size: [0.7, 40] }), points: { show: false },
