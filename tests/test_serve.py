@@ -13,9 +13,9 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import openai
@@ -96,6 +96,11 @@ def shares(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return [{key: g["key"], "cost": g["cost_usd"], "calls": g["calls"],
              "tokens": g["input_tokens"] + g["output_tokens"],
              "percentOfTotal": round(100 * g["cost_picousd"] / total, 2) if total else 0.0} for g in data["groups"]]
+
+
+def shown_usd(value: float) -> str:
+    """Dollars as the page and the terminal dashboard show them: four decimals under a dollar."""
+    return f"${value:,.4f}" if 0 < value < 1 else f"${value:,.2f}"
 
 
 def picked(rows: list[dict[str, Any]], *names: str) -> list[dict[str, Any]]:
@@ -383,7 +388,7 @@ def test_dashboard_prints_the_costs_object_and_the_numbers(served: ServeProcess)
                            text=True, env=os.environ | {"PYTHONPATH": str(REPO), "TZ": NY}, timeout=60)
     assert shown.returncode == 0, shown.stderr
     costs = api(served, "/api/costs")
-    assert f"${costs['today']:,.2f}" in shown.stdout and f"${costs['thisMonth']:,.2f}" in shown.stdout
+    assert shown_usd(costs["today"]) in shown.stdout and shown_usd(costs["thisMonth"]) in shown.stdout
     assert "Newest 10 calls" in shown.stdout and "by agent" in shown.stdout
     bad = CliRunner().invoke(cli, ["dashboard", "--timeframe", "soon", "--home", home])
     assert bad.exit_code == 2 and "--timeframe" in bad.output
@@ -417,8 +422,7 @@ def test_a_real_browser_shows_the_page_and_a_live_call(home: Path, tmp_path: Pat
             page.wait_for_selector("#status.live", timeout=15000)
             today = page.locator("#today")
             assert float(today.get_attribute("data-usd")) == costs["today"] > 0
-            shown = f"${costs['today']:,.4f}" if costs["today"] < 1 else f"${costs['today']:,.2f}"  # the page's rule
-            assert today.inner_text().startswith(shown)
+            assert today.inner_text().startswith(shown_usd(costs["today"]))
             assert "⚠" in today.inner_text()  # today is past 80% of the daily budget
             assert page.locator("#unpriced-banner").is_visible() and page.locator("#estimated-banner").is_visible()
             assert page.locator("#by-agent tbody tr").count() == len(costs["byAgent"])

@@ -302,18 +302,18 @@ def dashboard_view(data: dict[str, Any], calls: list[dict[str, Any]]) -> Group:
     head = Table.grid(padding=(0, 3))
     for _ in range(5):
         head.add_column()
-    budget = f" of ${data['budget']:,.2f}" if data["budget"] is not None else ""
+    budget = f" of {_usd(data['budget'])}" if data["budget"] is not None else ""
     head.add_row(*(f"[dim]{label}[/]" for label in ("today", "yesterday", "this month", "projected", "last month")))
     head.add_row(
-        f"[bold]${data['today']:,.2f}[/]{marks.get('daily', '')}", f"${data['yesterday']:,.2f}",
-        f"[bold]${data['thisMonth']:,.2f}[/]{budget}{marks.get('monthly', '')}",
-        f"${data['projected']:,.2f}{projected_mark}", f"${data['lastMonth']:,.2f}",
+        f"[bold]{_usd(data['today'])}[/]{marks.get('daily', '')}", _usd(data["yesterday"]),
+        f"[bold]{_usd(data['thisMonth'])}[/]{budget}{marks.get('monthly', '')}",
+        f"{_usd(data['projected'])}{projected_mark}", _usd(data["lastMonth"]),
     )
     parts: list[Any] = [head, *(f"[yellow]{line}[/]" for line in budget_warnings({"budget": data["budgets"]}))]
     totals = data["totals"]
     if totals["unpricedCalls"] or totals["estimatedCalls"]:
         parts.append(f"[yellow]{_calls(totals['unpricedCalls'])} unpriced (not in the cost), "
-                     f"{_calls(totals['estimatedCalls'])} with estimated usage, {data['timeframe']}.[/]")
+                     f"{_calls(totals['estimatedCalls'])} with estimated usage in the last {data['timeframe']}.[/]")
     peak = max((d["cost"] for d in data["daily"]), default=0) or 1
     bars = "".join(_BARS[round(d["cost"] / peak * (len(_BARS) - 1))] for d in data["daily"])
     parts.append(f"per day {data['daily'][0]['date']} … {data['daily'][-1]['date']}  {bars}")
@@ -321,6 +321,11 @@ def dashboard_view(data: dict[str, Any], calls: list[dict[str, Any]]) -> Group:
     tables.add_row(_share_table(data["byAgent"], "agent"), _share_table(data["byModel"], "model"))
     parts += [tables, calls_table(calls, f"Newest {len(calls)} calls")]
     return Group(*parts)
+
+
+def _usd(value: float) -> str:
+    """Dollars as the web page shows them: cents, or four decimals under a dollar."""
+    return f"${value:,.4f}" if 0 < abs(value) < 1 else f"${value:,.2f}"
 
 
 def _mark(state: dict[str, Any]) -> str:
