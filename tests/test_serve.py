@@ -437,7 +437,7 @@ def test_a_real_browser_shows_the_page_and_a_live_call(home: Path, tmp_path: Pat
             row = page.wait_for_selector('#calls tr[data-id="live-call-1"]', timeout=5000)
             assert "browser-test" in row.inner_text() and "4,321" in row.inner_text()
             page.wait_for_function(f"document.getElementById('today').dataset.usd !== '{costs['today']}'",
-                                   timeout=5000)  # the totals follow the live calls
+                                   timeout=10000)  # the totals follow the live calls
             assert float(today.get_attribute("data-usd")) == server.get(
                 "/api/costs", params={"token": "page-token"}).json()["today"]
             wide = tmp_path / "dashboard-1280x800.png"

@@ -51,6 +51,8 @@ STATIC = files("meterproxy.web") / "static"
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 MAX_CALLS = 1000
 """The largest page of ``/api/calls``."""
+COSTS_CACHED = 64
+"""``/api/costs`` answers kept (one per query string)."""
 
 
 class Dashboard:
@@ -61,6 +63,7 @@ class Dashboard:
         self.token = token
         self.poll_interval = poll_interval
         self.heartbeat = heartbeat
+        self._costs: dict[str, tuple[tuple[Any, ...], bytes]] = {}
         connect(self.home.ledger).close()  # like every command: create and migrate it once; then only read
 
     # --- helpers ------------------------------------------------------------------------
@@ -96,7 +99,16 @@ class Dashboard:
         except ValueError as e:
             raise BadRequest(f"timeframe: {e}") from None
         with self.ledger() as db:
-            return _json(overview.costs([db], zone, now, timeframe, filters, self.budgets()))
+            # Every open page asks again after new calls: the same answer is reused until a call
+            # lands, the config changes or the 5 seconds (of the projection's clock) run out.
+            key = (request.url.query, last_rowid(db), _mtime(self.home.config_file), int(now.timestamp() // 5))
+            if (cached := self._costs.get(key[0])) and cached[0] == key:
+                return _json_bytes(cached[1])
+            body = json.dumps(overview.costs([db], zone, now, timeframe, filters, self.budgets())).encode()
+        if len(self._costs) >= COSTS_CACHED:
+            self._costs.clear()
+        self._costs[key[0]] = (key, body)
+        return _json_bytes(body)
 
     def spend(self, request: Request) -> Response:
         """``/api/spend?days=7&provider=&model=&agentId=&groupBy=provider|model|agent|day``"""
@@ -256,7 +268,18 @@ class TokenGate:
 
 
 def _json(data: Any) -> Response:
-    return Response(json.dumps(data), media_type="application/json", headers={"Cache-Control": "no-store"})
+    return _json_bytes(json.dumps(data).encode())
+
+
+def _json_bytes(body: bytes) -> Response:
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _error(message: str, status: int) -> JSONResponse:

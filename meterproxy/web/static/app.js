@@ -8,6 +8,7 @@
   let events = null;
   let chart = null;
   let refreshTimer = null;
+  let lastCosts = 0;
   const known = { agent: new Set(), model: new Set() };
 
   function filters() {
@@ -168,7 +169,15 @@
     }
   }
 
+  // The totals follow the live calls: a second after one lands, at most every 3 seconds.
+  function scheduleCosts() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(() => { refreshTimer = null; loadCosts(); },
+                              Math.max(1000, lastCosts + 3000 - Date.now()));
+  }
+
   async function loadCosts() {
+    lastCosts = Date.now();
     try {
       const data = await api("/api/costs", filters());
       rememberOptions(data);
@@ -210,8 +219,7 @@
       body.prepend(callRow(call, true));
       while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
       $("live-note").textContent = `last at ${new Date(call.started_at).toLocaleTimeString()}`;
-      clearTimeout(refreshTimer);
-      refreshTimer = setTimeout(loadCosts, 1000);  // the totals follow, at most once a second
+      scheduleCosts();
     };
   }
 
