@@ -19,6 +19,7 @@ class ServeProcess:
     """``python -m meterproxy serve`` on a free loopback port, with its output collected."""
 
     def __init__(self, home: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None):
+        self.home = home
         args = [sys.executable, "-m", "meterproxy", "serve", "--home", str(home), "--port", "0", *extra_args]
         environment = os.environ | {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"} | (env or {})
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment, text=True)

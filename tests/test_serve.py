@@ -67,14 +67,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     (home / "config.toml").write_text("[budgets]\ndaily_usd = 5\nmonthly_usd = 40\nwarn_at = 0.5\n")
     user_home = tmp_path_factory.mktemp("user-home")
     server = ServeProcess(home, env={NOW_ENV: DEFAULT_NOW, "TZ": NY, "HOME": str(user_home)}).wait_ready()
-    server.home = home  # type: ignore[attr-defined]
     yield server
     assert server.stop() == 0, server.output()
 
 
 def report(server: ServeProcess, *args: str) -> dict[str, Any]:
     """``meterproxy report --json`` over the server's ledger, in its zone and at its now."""
-    result = CliRunner().invoke(cli, ["report", *args, "--json", "--home", str(server.home)],  # type: ignore[attr-defined]
+    result = CliRunner().invoke(cli, ["report", *args, "--json", "--home", str(server.home)],
                                 env={"TZ": NY, NOW_ENV: DEFAULT_NOW})
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
@@ -181,7 +180,7 @@ def test_report_is_report_json(served: ServeProcess, params: dict, flags: list[s
 
 def test_calls_pages_through_what_calls_lists(served: ServeProcess) -> None:
     result = CliRunner().invoke(cli, ["calls", "--json", "--limit", "1000", "--agent", "marcus", "--last", "30d",
-                                      "--home", str(served.home)], env={"TZ": NY})  # type: ignore[attr-defined]
+                                      "--home", str(served.home)], env={"TZ": NY})
     expected = json.loads(result.stdout)
     assert len(expected) > 20
     got, url, params = [], "/api/calls", {"agent": "marcus", "last": "30d", "limit": "7"}
@@ -377,7 +376,7 @@ def test_a_call_through_the_proxy_reaches_the_event_stream_within_a_second(
 
 
 def test_dashboard_prints_the_costs_object_and_the_numbers(served: ServeProcess) -> None:
-    home = str(served.home)  # type: ignore[attr-defined]
+    home = str(served.home)
     result = CliRunner().invoke(cli, ["dashboard", "--json", "--home", home], env={"TZ": NY, NOW_ENV: DEFAULT_NOW})
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == api(served, "/api/costs")
@@ -457,9 +456,27 @@ def test_a_real_browser_shows_the_page_and_a_live_call(home: Path, tmp_path: Pat
         assert server.stop() == 0, server.output()
 
 
+def test_costs_follow_new_calls_and_config_changes_at_once(home: Path) -> None:
+    write_ledger(home / "ledger.db", known_calls())
+    (home / "config.toml").write_text("[budgets]\nmonthly_usd = 40\n")
+    server = ServeProcess(home).wait_ready()
+    try:
+        before = api(server, "/api/costs")
+        assert api(server, "/api/costs") == before and before["budget"] == 40
+        (home / "config.toml").write_text("[budgets]\nmonthly_usd = 55\n")
+        assert api(server, "/api/costs")["budget"] == 55
+        db = connect(home / "ledger.db")
+        with db.atomic():
+            insert_rows(db, "calls", [call("new-1", NOW - timedelta(seconds=5), cost_picousd=5 * 10**12)])
+        db.close()
+        assert api(server, "/api/costs")["today"] == pytest.approx(before["today"] + 5)
+    finally:
+        assert server.stop() == 0, server.output()
+
+
 def test_the_server_reads_without_blocking_a_writer(served: ServeProcess, tmp_path: Path) -> None:
     """A write transaction held open on the ledger does not stop the API (WAL readers)."""
-    db = connect(served.home / "ledger.db")  # type: ignore[attr-defined]
+    db = connect(served.home / "ledger.db")
     db.execute("BEGIN IMMEDIATE")
     try:
         started = time.monotonic()

@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meterproxy import __version__, times
-from meterproxy.config import Home
+from meterproxy.config import Budgets, Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.archive import archive_files
 from meterproxy.ledger.db import connect, connect_reader
@@ -76,7 +76,8 @@ class Dashboard:
         finally:
             db.close()
 
-    def budgets(self):
+    def budgets(self) -> Budgets:
+        """``[budgets]``, read at each request: a change applies without a restart."""
         return self.home.load_config().budgets
 
     # --- views --------------------------------------------------------------------------
