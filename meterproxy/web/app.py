@@ -239,6 +239,7 @@ class Dashboard:
                 HTTPException: lambda request, e: _error(e.detail, e.status_code),
                 MeterproxyError: lambda request, e: _error(str(e), 500),
                 sqlite3.Error: lambda request, e: _error(f"ledger error: {e}", 500),
+                Exception: lambda request, e: _error("internal error (the server's log has the details)", 500),
             },
         )
 
