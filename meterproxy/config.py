@@ -112,6 +112,15 @@ class LogSettings(_Section):
     """Mirror every call to ``logs/YYYY-MM-DD.jsonl``."""
 
 
+class ServeSettings(_Section):
+    """``[serve]``: ``meterproxy serve`` (its options win)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8789, ge=0, le=65535)
+    token: SecretStr | None = None
+    """Every request must carry it; required to listen on an address other than loopback."""
+
+
 class Config(_Section):
     """The schema of ``config.toml``; unknown keys are errors, so typos never pass silently."""
 
@@ -122,6 +131,7 @@ class Config(_Section):
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     budgets: Budgets = Field(default_factory=Budgets)
     logs: LogSettings = Field(default_factory=LogSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
 
 @dataclass(frozen=True)

@@ -109,13 +109,10 @@ def report(
 
 
 def _what_if(home: Home, model: str) -> WhatIf:
-    table = PriceTable.load(home.pricing_file)
-    match = table.lookup("", model)
-    if match is None:
-        near = table.suggestions(model)
-        hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise click.BadParameter(f"no price for model {model!r}{hint}", param_hint="'--what-if'")
-    return WhatIf(model, table, match)
+    try:
+        return WhatIf.named(PriceTable.load(home.pricing_file), model)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--what-if'") from None
 
 
 @click.command("archive")

@@ -27,10 +27,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("proxy_commands:run", "Run COMMAND with its traffic going through meterproxy; exit with its exit code."),
     "calls": ("ledger_commands:calls", "List the newest calls, or follow new ones as they are recorded."),
     "report": ("ledger_commands:report", "What was spent, on what, by whom (default: today, by model)."),
-    "archive": ("ledger_commands:archive_command", "Move old calls into archive/YYYY-MM.db (reports read them with --include-archive)."),
-    "forward": ("outbox_commands:forward", "Deliver pending receipts to LockN Logger now, then exit (for cron, or after an outage)."),
-    "pricing": ("price_commands:pricing", "Prices: check a price file, show how a model is priced, import LiteLLM's prices."),
-    "reprice": ("price_commands:reprice_command", "Recompute the cost of stored calls with the current prices, and say what changed."),
+    "archive": (
+        "ledger_commands:archive_command",
+        "Move old calls into archive/YYYY-MM.db (reports read them with --include-archive).",
+    ),
+    "forward": (
+        "outbox_commands:forward",
+        "Deliver pending receipts to LockN Logger now, then exit (for cron, or after an outage).",
+    ),
+    "pricing": (
+        "price_commands:pricing",
+        "Prices: check a price file, show how a model is priced, import LiteLLM's prices.",
+    ),
+    "reprice": (
+        "price_commands:reprice_command",
+        "Recompute the cost of stored calls with the current prices, and say what changed.",
+    ),
+    "serve": ("web_commands:serve", "Serve the dashboard and the JSON API over the ledger (read only)."),
+    "dashboard": (
+        "web_commands:dashboard",
+        "Spend today, this month and by agent and model, refreshing until Ctrl-C (piped: printed once).",
+    ),
 }
 """Command name -> ``module:attribute`` under :mod:`meterproxy.cli`, and its one-line help.
 

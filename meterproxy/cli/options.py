@@ -19,7 +19,7 @@ from meterproxy import times
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import Reader, connect, read
-from meterproxy.reports.periods import Period, day_period, last_period, month_period, range_period, zone_named
+from meterproxy.reports.periods import Period, PeriodChoiceError, choose_period
 from meterproxy.reports.query import FILTERS, Filters
 
 
@@ -89,33 +89,13 @@ def _period(
     today: bool, yesterday: bool, last: str | None, from_: str | None, to: str | None, month: str | None,
     tz: str | None, utc: bool, now: datetime, today_by_default: bool,
 ) -> Period | None:
-    if tz and utc:
-        raise click.UsageError("--tz and --utc cannot be used together")
-    chosen = [name for name, given in (
-        ("--today", today), ("--yesterday", yesterday), ("--last", last is not None),
-        ("--from/--to", from_ is not None or to is not None), ("--month", month is not None),
-    ) if given]
-    if len(chosen) > 1:
-        raise click.UsageError(f"choose one period, not {' and '.join(chosen)}")
     try:
-        zone = zone_named(tz, utc)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="'--tz'") from None
-    local_day = now.astimezone(zone).date()
-    try:
-        if today or (today_by_default and not chosen):
-            return day_period(local_day, zone, "today")
-        if yesterday:
-            return day_period(local_day - timedelta(days=1), zone, "yesterday")
-        if last is not None:
-            return last_period(last, zone, now)
-        if from_ is not None or to is not None:
-            return range_period(from_, to, zone, now)
-        if month is not None:
-            return month_period(month, zone, now)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint=f"'{chosen[0]}'") from None
-    return None
+        return choose_period(today=today, yesterday=yesterday, last=last, from_=from_, to=to, month=month, tz=tz,
+                             utc=utc, now=now, today_by_default=today_by_default)
+    except PeriodChoiceError as e:
+        if e.option is None:
+            raise click.UsageError(str(e)) from None
+        raise click.BadParameter(str(e), param_hint=f"'{e.option}'") from None
 
 
 def wide_console() -> Console:

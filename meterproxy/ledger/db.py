@@ -186,8 +186,9 @@ def connect(path: Path) -> Database:
 
 
 def read(path: Path) -> Reader:
-    """Open the ledger for reading: a plain connection when its schema is current (no sqlite-utils
-    to import, which keeps read-only commands quick), else :func:`connect`, which migrates it."""
+    """Open the ledger for reading: a plain, query-only connection (a WAL reader, which never blocks
+    the proxy's writer) when its schema is current, with no sqlite-utils to import, which keeps
+    read-only commands quick; else :func:`connect`, which migrates it first."""
     if path.exists():
         try:
             conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -197,6 +198,7 @@ def read(path: Path) -> Reader:
             pass  # not a ledger yet (or not one at all): connect() says which
         else:
             if applied.issuperset(migrations.names):
+                conn.execute("PRAGMA query_only=1")
                 return conn
             conn.close()
     return connect(path)
@@ -222,3 +224,4 @@ def insert_rows(db: Database, table: str, rows: Iterable[Mapping[str, Any]]) -> 
 
 LISTED_COLUMNS = [c for c, kind in CALL_COLUMNS.items() if kind is not bytes]
 """Every column but the stored bodies (``meterproxy calls`` output)."""
+

@@ -149,3 +149,47 @@ def offset_spans(start: datetime, end: datetime, zone: tzinfo) -> list[tuple[dat
 
 def _offset(moment: datetime, zone: tzinfo) -> timedelta:
     return moment.astimezone(zone).utcoffset() or timedelta(0)
+
+
+class PeriodChoiceError(ValueError):
+    """A bad period choice; ``option`` names the option at fault (None: the options clash)."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
+def choose_period(
+    *, today: bool = False, yesterday: bool = False, last: str | None = None, from_: str | None = None,
+    to: str | None = None, month: str | None = None, tz: str | None = None, utc: bool = False, now: datetime,
+    today_by_default: bool, dash: str = "--",
+) -> Period | None:
+    """The period of ``report``'s options (``--today``, ``--last 7d``, ``--month``...), or of the
+    same web parameters (``dash=""``); none chosen: today, or None. Raises :class:`PeriodChoiceError`."""
+    if tz and utc:
+        raise PeriodChoiceError(f"{dash}tz and {dash}utc cannot be used together")
+    chosen = [name for name, given in (
+        (f"{dash}today", today), (f"{dash}yesterday", yesterday), (f"{dash}last", last is not None),
+        (f"{dash}from/{dash}to", from_ is not None or to is not None), (f"{dash}month", month is not None),
+    ) if given]
+    if len(chosen) > 1:
+        raise PeriodChoiceError(f"choose one period, not {' and '.join(chosen)}")
+    try:
+        zone = zone_named(tz, utc)
+    except ValueError as e:
+        raise PeriodChoiceError(str(e), f"{dash}tz") from None
+    local_day = now.astimezone(zone).date()
+    try:
+        if today or (today_by_default and not chosen):
+            return day_period(local_day, zone, "today")
+        if yesterday:
+            return day_period(local_day - timedelta(days=1), zone, "yesterday")
+        if last is not None:
+            return last_period(last, zone, now)
+        if from_ is not None or to is not None:
+            return range_period(from_, to, zone, now)
+        if month is not None:
+            return month_period(month, zone, now)
+    except ValueError as e:
+        raise PeriodChoiceError(str(e), chosen[0]) from None
+    return None

@@ -63,9 +63,11 @@ def list_calls(
     limit: int | None = None,
     after_rowid: int | None = None,
     upto_rowid: int | None = None,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Calls matching the filters and started in ``[start, end)``, each with its ``rowid``:
-    newest first; or, with ``after_rowid``, those recorded after that one, in recording order."""
+    newest first; or, with ``after_rowid``, those recorded after that one, in recording order.
+    ``offset`` skips that many first (paging)."""
     where, params = filters.sql(CALL_LABELS)
     for clause, value in (
         ("started_at >= ?", start and iso_utc(start.timestamp())),
@@ -79,8 +81,8 @@ def list_calls(
     # rowid breaks ties: the started_at index holds it, so no sort of the whole ledger is needed.
     order = "rowid" if after_rowid is not None else "started_at DESC, rowid DESC"
     sql = f"SELECT rowid, {', '.join(LISTED_COLUMNS)} FROM calls WHERE {where} ORDER BY {order}"
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
+    if limit is not None or offset:
+        sql += f" LIMIT {-1 if limit is None else int(limit)} OFFSET {int(offset)}"
     cursor = db.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 from meterproxy.ledger.reprice import ModelChange, RepriceResult
@@ -284,3 +285,58 @@ def forward_status_lines(where: str, data: dict[str, Any]) -> list[str]:
         if (more := data["rejected"] - len(data["rejected_receipts"])) > 0:
             lines.append(f"  ... and {more:,} more")
     return lines
+
+
+# --- the dashboard (`meterproxy dashboard`) ---------------------------------------------------
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+def dashboard_view(data: dict[str, Any], calls: list[dict[str, Any]]) -> Group:
+    """:func:`~meterproxy.reports.overview.costs` on a terminal: the headline numbers (⚠ past a
+    budget's warning level), gaps, spend per day, by agent and model, and the newest calls."""
+    budgets = data["budgets"] or {}
+    marks = {name: _mark(state) for name, state in budgets.items() if isinstance(state, dict)}
+    monthly = budgets.get("monthly") or {}
+    projected_mark = " ⚠" if monthly.get("projected_status", "ok") != "ok" else ""
+    head = Table.grid(padding=(0, 3))
+    for _ in range(5):
+        head.add_column()
+    budget = f" of {_usd(data['budget'])}" if data["budget"] is not None else ""
+    head.add_row(*(f"[dim]{label}[/]" for label in ("today", "yesterday", "this month", "projected", "last month")))
+    head.add_row(
+        f"[bold]{_usd(data['today'])}[/]{marks.get('daily', '')}", _usd(data["yesterday"]),
+        f"[bold]{_usd(data['thisMonth'])}[/]{budget}{marks.get('monthly', '')}",
+        f"{_usd(data['projected'])}{projected_mark}", _usd(data["lastMonth"]),
+    )
+    parts: list[Any] = [head, *(f"[yellow]{line}[/]" for line in budget_warnings({"budget": data["budgets"]}))]
+    totals = data["totals"]
+    if totals["unpricedCalls"] or totals["estimatedCalls"]:
+        parts.append(f"[yellow]{_calls(totals['unpricedCalls'])} unpriced (not in the cost), "
+                     f"{_calls(totals['estimatedCalls'])} with estimated usage in the last {data['timeframe']}.[/]")
+    peak = max((d["cost"] for d in data["daily"]), default=0) or 1
+    bars = "".join(_BARS[round(d["cost"] / peak * (len(_BARS) - 1))] for d in data["daily"])
+    parts.append(f"per day {data['daily'][0]['date']} … {data['daily'][-1]['date']}  {bars}")
+    tables = Table.grid(padding=(0, 4))
+    tables.add_row(_share_table(data["byAgent"], "agent"), _share_table(data["byModel"], "model"))
+    parts += [tables, calls_table(calls, f"Newest {len(calls)} calls")]
+    return Group(*parts)
+
+
+def _usd(value: float) -> str:
+    """Dollars as the web page shows them: cents, or four decimals under a dollar."""
+    return f"${value:,.4f}" if 0 < abs(value) < 1 else f"${value:,.2f}"
+
+
+def _mark(state: dict[str, Any]) -> str:
+    return {"warning": " [yellow]⚠[/]", "over": " [red]⚠ over[/]"}.get(state["status"], "")
+
+
+def _share_table(rows: list[dict[str, Any]], key: str) -> Table:
+    table = Table(title=f"by {key}", title_justify="left", box=None)
+    table.add_column(key)
+    for name in ("cost $", "tokens", "%"):
+        table.add_column(name, justify="right")
+    for row in rows[:8]:
+        table.add_row(str(row[key]), money(row["cost"]), f"{row['tokens']:,}", f"{row['percentOfTotal']:.1f}")
+    return table

@@ -46,6 +46,16 @@ class WhatIf:
     table: PriceTable
     match: Match
 
+    @classmethod
+    def named(cls, table: PriceTable, model: str) -> WhatIf:
+        """The what-if of ``model``; ValueError (with close names) when it has no price."""
+        match = table.lookup("", model)
+        if match is None:
+            near = table.suggestions(model)
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise ValueError(f"no price for model {model!r}{hint}")
+        return cls(model, table, match)
+
     def rates(self, when: datetime, input_tokens: int = 0) -> Rates:
         price = self.table.price("", self.model, when, input_tokens)
         assert price is not None, "a what-if model has a price"
