@@ -43,7 +43,9 @@ def budget(home: Home, as_json: bool) -> None:
 
 
 def _usd(value: float) -> str:
-    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
+    if value == 0:
+        return "$0"
+    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
 
 
 def _tokens(value: int) -> str:

@@ -107,7 +107,7 @@ class AlertSender:
         now = time.time()
         rows = db.execute(
             "SELECT alert_id, payload, attempts FROM alerts WHERE state = 'pending' AND next_attempt_at <= ? "
-            "ORDER BY created_at, alert_id LIMIT ?",
+            "ORDER BY created_at, rowid LIMIT ?",
             [iso_utc(now), BATCH],
         ).fetchall()
         for alert_id, payload, attempts in rows:
