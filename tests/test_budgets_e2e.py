@@ -188,7 +188,7 @@ format = "json"
         assert all(p.json["enforce"] is False and p.json["message"].startswith("meterproxy: ") for p in hook.posts)
         assert all(r["outcome"] == "ok" for r in proxy.rows())
         output = proxy.output()
-        assert output.count("over: daily budget of all calls") == 1 and "not enforced" in output
+        assert output.count("WARNING meterproxy: over: daily budget of all calls") == 1 and "not enforced" in output
         # A restart raises none of them again.
         assert proxy.stop() == 0
         proxy = start_proxy(f"localhost:{upstream.port}=openai")

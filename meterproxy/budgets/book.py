@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from meterproxy.times import iso_utc
 log = logging.getLogger("meterproxy")
 
 Level = Literal["ok", "warning", "over"]
+_DOLLARS = re.compile(r"\$(\d[\d,]*(?:\.\d+)?)")
 PICO_PER_USD_PER_MTOK = 1_000_000
 """A rate of 1 USD per million tokens is 1,000,000 picodollars per token."""
 
@@ -277,7 +279,8 @@ class BudgetBook:
         created = iso_utc(self.clock.time() - self.clock.skew)
         rows = []
         for alert in alerts:
-            log.warning("%s", alert["message"])
+            # "$0.0039" would be masked as [AMOUNT] by the log redactor: the log says "0.0039 USD".
+            log.warning("%s", _DOLLARS.sub(r"\1 USD", alert["message"].removeprefix("meterproxy: ")))
             alert["created_at"] = created
             rows.append({
                 "alert_id": f"{alert['budget']}|{alert['window']}|{alert['level']}",
