@@ -295,3 +295,18 @@ def test_budget_command_and_reports_show_blocked_calls(home: Path) -> None:
     # The rows are at the wall clock's time (the budgets' clock starts at METERPROXY_NOW and follows it).
     report = meterproxy(home, "report", "--by", "outcome", "--from", "2026-01-01", "--to", "2100-01-01")
     assert "blocked" in report.stdout and "Blocked by budgets: 1 call" in report.stdout
+
+
+def test_long_prompts_reserve_at_the_long_context_tier() -> None:
+    book = book_of("[budgets]\ndaily_usd = 100")
+    small = b'{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[]}'
+    big = b'{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"' + b"x" * 700_000 + b'"}]}'
+    book.admit("s", "anthropic", "/v1/messages", small, "a", None)
+    first = book.status()[0]["reserved"]
+    # claude-sonnet-4-5: $6 per million 1-hour cache writes below 200k input tokens, $15 output.
+    assert first == pytest.approx(((len(small) // BYTES_PER_TOKEN + 1) * 6 + 10 * 15) / 1e6)
+    book.admit("b", "anthropic", "/v1/messages", big, "a", None)
+    tokens = len(big) // BYTES_PER_TOKEN + 1
+    long_context = book.status()[0]["reserved"] - first
+    # Above 200k input tokens: $12 per million 1-hour cache writes, $22.50 output.
+    assert long_context == pytest.approx((tokens * 12 + 10 * 22.5) / 1e6)

@@ -238,7 +238,8 @@ class MeterAddon:
         ex, client = state.exchange, state.client
         if PROVIDERS[ex.provider].endpoint_kind(ex.method, ex.path) == "api":
             return False
-        process = client.process.result() if client.process is not None and client.process.done() else None
+        lookup = client.process
+        process = lookup.result() if lookup is not None and lookup.done() and lookup.exception() is None else None
         agent = ex.agent or client.proxy_user or process or "unknown"
         assert self.pipeline is not None and self.pipeline.budgets is not None
         refusal = self.pipeline.budgets.admit(ex.id, ex.provider, ex.path, ex.request_body, agent, ex.session)

@@ -89,11 +89,13 @@ class Refusal:
     retry_after: int | None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Rates:
     input: int
     output: int
     free: bool
+    tier_from: int | None = None
+    """An input of more tokens than this reaches a dearer long-context tier."""
 
 
 @dataclass
@@ -111,6 +113,7 @@ class BudgetBook:
     _holds: dict[str, Hold] = field(default_factory=dict)
     _fired: set[tuple[str, str, str]] = field(default_factory=set)
     _rates: dict[tuple[str, str | None], _Rates] = field(default_factory=dict)
+    _rates_day: str = ""
     _own_agents: frozenset[str] = frozenset()
     _unpriced: int = 0
 
@@ -133,7 +136,7 @@ class BudgetBook:
     ) -> Refusal | None:
         """Reserve this call's worst case, or refuse it (None: it may go). O(1), no I/O."""
         head = read_head(path, body)
-        rates = self._rates_of(provider, head.model)
+        rates = self._rates_of(provider, head.model, head.input_tokens)
         output = head.max_output_tokens or self.settings.default_max_output_tokens
         tokens = head.input_tokens + output
         pico = head.input_tokens * rates.input + output * rates.output
@@ -169,25 +172,34 @@ class BudgetBook:
             entries.append(Entry(rule, scope, key, windows.resets_at(rule.window), counter))
         return entries
 
-    def _rates_of(self, provider: str, model: str | None) -> _Rates:
-        """Picodollars per input and output token (the worst of output and reasoning); cached."""
-        cached = self._rates.get((provider, model))
-        if cached is not None:
-            return cached
-        when = datetime.fromtimestamp(self.clock.time(), UTC)
-        price = self.prices.price(provider, model, when) if self.prices is not None else None
-        if price is None:
-            rates = _Rates(self._unpriced, self._unpriced, False)
-        elif price.rates == FREE:
-            rates = _Rates(0, 0, True)
-        else:
-            r = price.rates
-            top_input = max(r.input, r.cache_write, r.cache_write_1h)
-            rates = _Rates(_pico(top_input), _pico(max(r.output, r.reasoning)), False)
-        if len(self._rates) > 10_000:
-            self._rates.clear()
-        self._rates[(provider, model)] = rates
+    def _rates_of(self, provider: str, model: str | None, input_tokens: int) -> _Rates:
+        """Picodollars per input and output token at their worst (cache writes, reasoning, peak
+        hours, the long-context tier the input reaches); cached per model for the day."""
+        day = self.clock.windows().day
+        if day != self._rates_day:
+            self._rates, self._rates_day = {}, day  # prices may change from one day to the next
+        rates = self._rates.get((provider, model))
+        if rates is None:
+            rates = self._rates[(provider, model)] = self._price(provider, model, 0)
+        if rates.tier_from is not None and input_tokens > rates.tier_from:
+            return self._price(provider, model, input_tokens)  # long prompts only: not cached
         return rates
+
+    def _price(self, provider: str, model: str | None, input_tokens: int) -> _Rates:
+        when = datetime.fromtimestamp(self.clock.time(), UTC)
+        price = self.prices.price(provider, model, when, input_tokens) if self.prices is not None else None
+        if price is None:
+            return _Rates(self._unpriced, self._unpriced, False)
+        if price.rates == FREE:
+            return _Rates(0, 0, True)
+        r, entry = price.rates, price.match.entry
+        if entry.peak is not None and not price.peak and entry.peak.multiplier > 1:
+            r = r.times(entry.peak.multiplier)  # the call may run into peak hours
+        tiers = [tier.above for tier in price.period.tiers if tier.above >= input_tokens]
+        return _Rates(
+            _pico(max(r.input, r.cache_write, r.cache_write_1h)), _pico(max(r.output, r.reasoning)), False,
+            min(tiers) if tiers else None,
+        )
 
     def _refusal(self, entry: Entry, need: int, windows: Windows) -> Refusal:
         rule, counter = entry.rule, entry.counter
