@@ -107,7 +107,7 @@ def test_parallel_streams_against_room_for_five(home, upstream, start_proxy, cli
     proxy = start_proxy(f"localhost:{upstream.port}=openai")
     client_env(proxy)
     events = sse_events("openai/chat_stream_usage.sse")
-    slow = 6.0 / len(events)  # each admitted stream lasts about 6 s: all 20 calls overlap
+    slow = 10.0 / len(events)  # each admitted stream lasts about 10 s: all 20 calls overlap
     upstream.reply(*[Reply.sse(events, delay=slow) for _ in range(20)])
     client = openai.OpenAI(api_key=API_KEY, base_url=f"{upstream.base_url}/v1")
     results: list[str] = []
@@ -129,14 +129,26 @@ def test_parallel_streams_against_room_for_five(home, upstream, start_proxy, cli
     threads = [threading.Thread(target=call) for _ in range(20)]
     for t in threads:
         t.start()
+    deadline = time.time() + 30
+    while results.count("blocked") < 15 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    # While the five are streaming, `meterproxy budget` shows their reservations (the proxy's live view).
+    (live,) = json.loads(proxy.cli("budget", "--json").stdout)
+    assert results.count("ok") == 0, "a stream ended before the budget was read"
+    assert live["spent"] == 0 and 0.05 < live["reserved"] <= 0.055 and live["remaining"] < 0.005
     for t in threads:
         t.join(60)
     assert sorted(results) == ["blocked"] * 15 + ["ok"] * 5
     assert len(upstream.received) == 5
     rows = proxy.wait_rows(20)
     assert sorted(r["outcome"] for r in rows) == ["blocked"] * 15 + ["ok"] * 5
-    status = {s["budget"]: s for s in json.loads(proxy.cli("budget", "--json").stdout)}
-    assert status["daily_usd"]["spent"] == pytest.approx(sum(r["cost_usd"] for r in rows))
+    time.sleep(0.5)
+    (state,) = json.loads(proxy.cli("budget", "--json").stdout)
+    assert (state["spent"], state["reserved"]) == (pytest.approx(sum(r["cost_usd"] for r in rows)), 0)
+    assert proxy.stop() == 0
+    (state,) = json.loads(proxy.cli("budget", "--json").stdout)  # from the ledger now
+    assert (state["spent"], state["reserved"]) == (pytest.approx(sum(r["cost_usd"] for r in rows)), 0)
 
 
 def test_a_restart_keeps_the_days_spend(home, upstream, start_proxy, client_env) -> None:

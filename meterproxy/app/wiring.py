@@ -18,6 +18,7 @@ from pathlib import Path
 import certifi
 
 from meterproxy.budgets.book import BudgetBook
+from meterproxy.budgets.live import LivePublisher
 from meterproxy.config import STORE_POLICIES, Config, Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.mirror import JsonlMirror
@@ -66,6 +67,8 @@ class Pipeline:
     budgets: BudgetBook | None = None
     """Live budgets checked in the request hook (None: no limit configured)."""
     alerts: AlertSender | None = None
+    budgets_live: LivePublisher | None = None
+    """Publishes the budgets (with calls in flight) for ``meterproxy budget``."""
 
     @classmethod
     def build(cls, settings: Settings) -> Pipeline:
@@ -85,7 +88,8 @@ class Pipeline:
             writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
         sender = attach_outbox(writer, home, forwarding)
         budgets, alerts = attach_budgets(writer, home, config, meter.prices)
-        return cls(home, config, routes, storage, writer, sender, bundle, budgets, alerts)
+        live = LivePublisher(budgets, home.root) if budgets is not None else None
+        return cls(home, config, routes, storage, writer, sender, bundle, budgets, alerts, live)
 
     def start(self) -> None:
         """Open the ledger and start the writer (a broken ledger raises here), then the rest."""
@@ -99,6 +103,8 @@ class Pipeline:
             self.budgets.load(self.home.ledger)
         if self.alerts is not None:
             self.alerts.start()
+        if self.budgets_live is not None:
+            self.budgets_live.start()
 
     def close(self) -> None:
         """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""
@@ -107,6 +113,8 @@ class Pipeline:
             self.sender.stop()
         if self.alerts is not None:
             self.alerts.stop()
+        if self.budgets_live is not None:
+            self.budgets_live.stop()
 
     def describe(self) -> str:
         """What of each call's content is stored, in one line."""

@@ -114,6 +114,8 @@ class BudgetBook:
     _fired: set[tuple[str, str, str]] = field(default_factory=set)
     _rates: dict[tuple[str, str | None], _Rates] = field(default_factory=dict)
     _rates_day: str = ""
+    version: int = 0
+    """Grows with every change of the counters (for :mod:`~meterproxy.budgets.live`)."""
     _own_agents: frozenset[str] = frozenset()
     _unpriced: int = 0
 
@@ -143,6 +145,7 @@ class BudgetBook:
         windows = self.clock.windows()
         enforce = self.settings.enforce and not rates.free
         with self._lock:
+            self.version += 1
             hold = Hold(self._entries(windows, agent, session), pico, tokens)
             if enforce:
                 for entry in hold.entries:
@@ -229,6 +232,7 @@ class BudgetBook:
                 continue
             row = record.row
             with self._lock:
+                self.version += 1
                 hold = self._holds.pop(row["id"], None)
                 if hold is None:
                     hold = Hold(self._entries(self.clock.windows(), row.get("agent") or "unknown", row.get("session")))
