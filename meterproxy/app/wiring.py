@@ -101,6 +101,7 @@ class Pipeline:
             self.sender.start()
         if self.budgets is not None:
             self.budgets.load(self.home.ledger)
+            log.info(self.budgets.describe())
         if self.alerts is not None:
             self.alerts.start()
         if self.budgets_live is not None:

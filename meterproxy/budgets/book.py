@@ -131,6 +131,11 @@ class BudgetBook:
             return None
         return cls(settings, rules, Clock(zone_of(settings.tz)), prices, deliver)
 
+    def describe(self) -> str:
+        """One line for the proxy's start."""
+        mode = "enforced: calls that could pass a limit get HTTP 429" if self.settings.enforce else "warn only"
+        return f"budgets: {', '.join(rule.key for rule in self.rules)} ({mode})"
+
     # --- the check (event loop) ----------------------------------------------------------
 
     def admit(
