@@ -310,3 +310,15 @@ def test_long_prompts_reserve_at_the_long_context_tier() -> None:
     long_context = book.status()[0]["reserved"] - first
     # Above 200k input tokens: $12 per million 1-hour cache writes, $22.50 output.
     assert long_context == pytest.approx((tokens * 12 + 10 * 22.5) / 1e6)
+
+
+def test_a_refused_call_raises_the_over_alert_even_below_the_limit(home: Path) -> None:
+    book = book_of('[budgets]\ndaily_usd = 0.005\nenforce = true\ntz = "UTC"')  # a $0.0101 worst case never fits
+    refusal = book.admit("big", "openai", "/v1/chat/completions", CHAT, "a", None)
+    assert refusal is not None and "could use up to $0.0101" in refusal.message
+    db = connect(home / "ledger.db")
+    book.settle(db, [row("big", 0, tokens=(0, 0))])
+    ((level, message),) = db.execute("SELECT level, message FROM alerts").fetchall()
+    assert level == "over" and message == (
+        "meterproxy: over: daily budget of all calls (daily_usd) reached on 2026-11-22: $0.0000 of $0.0050 (0%); "
+        "calls that could pass it are blocked until 2026-11-23 00:00 UTC")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlite_utils import Database
 
@@ -30,10 +30,12 @@ from meterproxy.budgets.estimate import read_head
 from meterproxy.budgets.rules import ALL, LIFE, Clock, Rule, Scope, Windows, rules_from, zone_of
 from meterproxy.config import Budgets
 from meterproxy.ledger.db import connect, insert_rows
-from meterproxy.meter.record import Record
 from meterproxy.money import usd_float
 from meterproxy.pricing.table import FREE, PriceTable
 from meterproxy.times import iso_utc
+
+if TYPE_CHECKING:
+    from meterproxy.meter.record import Record
 
 log = logging.getLogger("meterproxy")
 
@@ -262,9 +264,9 @@ class BudgetBook:
         """Alerts for levels this entry reached for the first time (called under the lock)."""
         spent, _ = entry.counter.used(entry.rule.unit)
         level = _level(spent, entry.rule.limit, self.settings.warn_at)
-        if blocked:
-            level = "over"
         reached = [] if level == "ok" else ["warning", "over"][: 1 + (level == "over")]
+        if blocked and level != "over":
+            reached.append("over")  # refused: the limit is reached for this call's worst case
         name = entry.rule.name(entry.scope)
         alerts = []
         for each in reached:
@@ -284,8 +286,10 @@ class BudgetBook:
                        f"{amount(spent)} of {amount(rule.limit)}")
         else:
             then = "calls are blocked" if self.settings.enforce else "not enforced, calls go on"
-            if entry.resets_at is not None:
-                then += f" until {_local(entry.resets_at, self.clock)}" if self.settings.enforce else ""
+            if spent < rule.limit:  # refused before the limit: the call's worst case did not fit
+                then = "calls that could pass it are blocked"
+            if entry.resets_at is not None and self.settings.enforce:
+                then += f" until {_local(entry.resets_at, self.clock)}"
             message = (f"meterproxy: over: {rule.describe(entry.scope)} ({name}) reached{period}: "
                        f"{amount(spent)} of {amount(rule.limit)} ({used:.0%}); {then}")
         return {
