@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AliasChoices,
@@ -99,12 +100,72 @@ class ForwardSettings(_Section):
         return value
 
 
-class Budgets(_Section):
-    """Spend limits in USD; reports warn from ``warn_at`` (a fraction) of a budget."""
+class BudgetLimits(_Section):
+    """Limits of one scope: USD or tokens, per day and per month (days and months in ``[budgets] tz``)."""
 
     daily_usd: float | None = Field(default=None, gt=0)
     monthly_usd: float | None = Field(default=None, gt=0)
+    daily_tokens: int | None = Field(default=None, gt=0)
+    monthly_tokens: int | None = Field(default=None, gt=0)
+
+
+class SessionLimits(_Section):
+    """``[budgets.each_session]``: what one ``X-Meterproxy-Session`` may spend over its whole life."""
+
+    usd: float | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+
+
+class Budgets(BudgetLimits):
+    """Spend limits (all calls, each agent, each session); see docs/budgets.md.
+
+    ``daily_usd``/``monthly_usd`` (all spend) also give every report its budget lines; reports and
+    alerts warn from ``warn_at`` (a fraction) of a budget. With ``enforce`` the proxy refuses calls
+    that could take a budget past its limit (:mod:`meterproxy.budgets`).
+    """
+
     warn_at: float = Field(default=0.8, gt=0, le=1)
+    enforce: bool = False
+    """False: warn only; true: block calls once a limit is reached."""
+    unpriced_usd_per_mtok: float = Field(default=30.0, gt=0)
+    """What a model without a price is reserved and counted at, per million tokens (never free)."""
+    default_max_output_tokens: int = Field(default=4096, gt=0, le=10_000_000)
+    """The output a request that sets no max tokens is reserved for."""
+    tz: str | None = None
+    """The time zone of days and months (an IANA name); default: the machine's local zone."""
+    agents: dict[str, BudgetLimits] = Field(default_factory=dict)
+    """``[budgets.agents.NAME]``: one agent's own limits."""
+    each_agent: BudgetLimits = Field(default_factory=BudgetLimits)
+    """Limits of every agent without its own entry."""
+    each_session: SessionLimits = Field(default_factory=SessionLimits)
+
+    @field_validator("tz")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None and value.upper() != "UTC":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)") from None
+        return value
+
+
+class AlertSettings(_Section):
+    """``[alerts]``: where budget alerts are POSTed, and in which format."""
+
+    webhook: str | None = None
+    format: Literal["json", "slack", "ntfy"] = "json"
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+        return value
 
 
 class LogSettings(_Section):
@@ -131,6 +192,7 @@ class Config(_Section):
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     budgets: Budgets = Field(default_factory=Budgets)
     logs: LogSettings = Field(default_factory=LogSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
 

@@ -407,7 +407,7 @@ def test_an_empty_period_is_an_empty_report(fixed_home: Path) -> None:
 def test_json_shape_is_stable(fixed_home: Path) -> None:
     data = report_json(fixed_home, *MARCH)
     assert list(data) == ["from", "to", "period", "tz", "by", "filters", "totals", "groups", "others", "what_if",
-                          "projection", "budget"]
+                          "projection", "budget", "blocked_calls"]
     for field in ("calls", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                   "reasoning_tokens", "cost_usd", "unpriced_calls"):
         assert field in data["totals"] and field in data["groups"][0]

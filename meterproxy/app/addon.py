@@ -19,6 +19,7 @@ from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.connection import ConnectionState
 
 from meterproxy.app.wiring import Pipeline, Settings
+from meterproxy.budgets.refusal import refusal_body, refusal_headers
 from meterproxy.errors import MeterproxyError
 from meterproxy.providers.registry import PROVIDERS
 from meterproxy.wire import streamusage
@@ -227,8 +228,27 @@ class MeterAddon:
         ex.secrets = credentials(found, query)
         ex.request_body = flow.request.raw_content or b""
         ex.request_bytes = len(ex.request_body)
+        if self.pipeline is not None and self.pipeline.budgets is not None and self._refused(state):
+            return
         if self.inject_stream_usage:
             self._inject_stream_usage(state)
+
+    def _refused(self, state: _Flow) -> bool:
+        """Check the call against the budgets; a refused one gets a 429 here and never goes upstream."""
+        ex, client = state.exchange, state.client
+        if PROVIDERS[ex.provider].endpoint_kind(ex.method, ex.path) == "api":
+            return False
+        lookup = client.process
+        process = lookup.result() if lookup is not None and lookup.done() and lookup.exception() is None else None
+        agent = ex.agent or client.proxy_user or process or "unknown"
+        assert self.pipeline is not None and self.pipeline.budgets is not None
+        refusal = self.pipeline.budgets.admit(ex.id, ex.provider, ex.path, ex.request_body, agent, ex.session)
+        if refusal is None:
+            return False
+        ex.budget = refusal.budget
+        body = refusal_body(ex.provider, ex.path, refusal.message)
+        state.flow.response = http.Response.make(429, body, refusal_headers(refusal))
+        return True
 
     def _inject_stream_usage(self, state: _Flow) -> None:
         request, ex = state.flow.request, state.exchange

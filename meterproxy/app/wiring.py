@@ -17,12 +17,15 @@ from pathlib import Path
 
 import certifi
 
+from meterproxy.budgets.book import BudgetBook
+from meterproxy.budgets.live import LivePublisher
 from meterproxy.config import STORE_POLICIES, Config, Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.mirror import JsonlMirror
 from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter.record import Meter
 from meterproxy.meter.storage import Storage
+from meterproxy.outbox.alerts import AlertSender
 from meterproxy.outbox.receipt import Outbox
 from meterproxy.outbox.sender import Sender
 from meterproxy.outbox.settings import Forwarding
@@ -60,6 +63,11 @@ class Pipeline:
     sender: Sender | None
     upstream_bundle: Path | None
     """Public roots plus the configured upstream CA, for mitmproxy's upstream TLS (None: public roots)."""
+    budgets: BudgetBook | None = None
+    """Live budgets checked in the request hook (None: no limit configured)."""
+    alerts: AlertSender | None = None
+    budgets_live: LivePublisher | None = None
+    """Publishes the budgets (with calls in flight) for ``meterproxy budget``."""
 
     @classmethod
     def build(cls, settings: Settings) -> Pipeline:
@@ -78,7 +86,9 @@ class Pipeline:
         if settings.jsonl and config.logs.jsonl:
             writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
         sender = attach_outbox(writer, home, forwarding)
-        return cls(home, config, routes, storage, writer, sender, bundle)
+        budgets, alerts = attach_budgets(writer, home, config, meter.prices)
+        live = LivePublisher(budgets, home.root) if budgets is not None else None
+        return cls(home, config, routes, storage, writer, sender, bundle, budgets, alerts, live)
 
     def start(self) -> None:
         """Open the ledger and start the writer (a broken ledger raises here), then the rest."""
@@ -87,12 +97,23 @@ class Pipeline:
         log.info(self.describe())
         if self.sender is not None:
             self.sender.start()
+        if self.budgets is not None:
+            self.budgets.load(self.home.ledger)
+            log.info(self.budgets.describe())
+        if self.alerts is not None:
+            self.alerts.start()
+        if self.budgets_live is not None:
+            self.budgets_live.start()
 
     def close(self) -> None:
         """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""
         self.writer.close()
         if self.sender is not None:
             self.sender.stop()
+        if self.alerts is not None:
+            self.alerts.stop()
+        if self.budgets_live is not None:
+            self.budgets_live.stop()
 
     def describe(self) -> str:
         """What of each call's content is stored, in one line."""
@@ -113,6 +134,22 @@ def attach_outbox(writer: LedgerWriter, home: Home, forwarding: Forwarding) -> S
     writer.in_transaction.append(Outbox(forwarding))
     writer.after_commit.append(sender.wake)
     return sender
+
+
+def attach_budgets(
+    writer: LedgerWriter, home: Home, config: Config, prices: PriceTable,
+) -> tuple[BudgetBook | None, AlertSender | None]:
+    """Settle each call's cost into the live budgets as ``writer`` records it, and deliver their
+    alerts to ``[alerts] webhook`` (both unstarted); (None, None) when no budget is set."""
+    webhook = config.alerts.webhook
+    book = BudgetBook.build(config.budgets, prices, deliver=bool(webhook))
+    if book is None:
+        return None, None
+    writer.in_transaction.append(book.settle)
+    alerts = AlertSender(home, config.alerts) if webhook else None
+    if alerts is not None:
+        writer.after_commit.append(alerts.wake)
+    return book, alerts
 
 
 def _storage(policy: str, config: Config) -> Storage:

@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "price_commands:reprice_command",
         "Recompute the cost of stored calls with the current prices, and say what changed.",
     ),
+    "budget": (
+        "budget_commands:budget",
+        "Show every budget of config.toml: limit, spent, reserved, remaining, status and reset time.",
+    ),
     "serve": ("web_commands:serve", "Serve the dashboard and the JSON API over the ledger (read only)."),
     "dashboard": (
         "web_commands:dashboard",

@@ -169,6 +169,38 @@ def m004_daily_views(db: Database) -> None:
     rollup.create_views(db)
 
 
+ALERT_COLUMNS: dict[str, type] = {
+    "alert_id": str,
+    "created_at": str,
+    "budget": str,
+    "window": str,
+    "level": str,
+    "message": str,
+    "payload": str,
+    "state": str,
+    "attempts": int,
+    "next_attempt_at": str,
+    "last_attempt_at": str,
+    "last_status": int,
+    "last_error": str,
+    "delivered_at": str,
+}
+"""One row per budget, window and level reached (meterproxy.budgets): ``state`` is pending, delivered,
+rejected (the webhook's 4xx) or logged (no webhook configured); the primary key makes each alert once."""
+
+
+@migrations()
+def m005_budgets(db: Database) -> None:
+    """Which budget blocked a call (``calls.budget``), and the durable budget alerts."""
+    db["calls"].add_column("budget", str)
+    db["alerts"].create(
+        ALERT_COLUMNS, pk="alert_id",
+        not_null={"created_at", "budget", "window", "level", "payload", "state", "attempts", "next_attempt_at"},
+        defaults={"state": "pending", "attempts": 0},
+    )
+    db["alerts"].create_index(["state", "next_attempt_at"])
+
+
 def connect(path: Path) -> Database:
     """Open the ledger (creating it if needed), in WAL mode, migrated to the current schema."""
     from sqlite_utils import Database
@@ -222,6 +254,6 @@ def insert_rows(db: Database, table: str, rows: Iterable[Mapping[str, Any]]) -> 
         db.conn.execute(sql, [row.get(c) for row in chunk for c in columns])
 
 
-LISTED_COLUMNS = [c for c, kind in CALL_COLUMNS.items() if kind is not bytes]
+LISTED_COLUMNS = [c for c, kind in CALL_COLUMNS.items() if kind is not bytes] + ["budget"]
 """Every column but the stored bodies (``meterproxy calls`` output)."""
 

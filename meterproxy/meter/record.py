@@ -51,6 +51,8 @@ class Meter:
             common["outcome"] = _outcome(ex, None, RequestInfo())
             return Record("api_calls", self.storage.finish("api_calls", common, ex))
 
+        if ex.budget is not None:
+            return self.blocked(ex)
         request_body = _request_body(ex)
         request_json = decode_request(request_body)
         request = provider.parse_request(ex.path, request_json if isinstance(request_json, dict) else {})
@@ -87,6 +89,26 @@ class Meter:
         if outcome == "error" and not row["error"]:
             row["error"] = parsed.error or (f"HTTP {ex.status}" if ex.status else "no response")
         return Record("calls", self.storage.finish("calls", row, ex, request_body, request_json, parsed))
+
+    def blocked(self, ex: Exchange) -> Record:
+        """A call a budget refused: no tokens, no cost, the budget named (nothing went upstream)."""
+        request_body = _request_body(ex)
+        request_json = decode_request(request_body)
+        request = get_provider(ex.provider).parse_request(ex.path, request_json if isinstance(request_json, dict) else {})
+        row = self._common(ex) | {
+            "outcome": "blocked",
+            "request_model": request.model,
+            "model": request.model,
+            "stream": int(bool(request.stream)),
+            **Usage().as_dict(),
+            "usage_source": "none",
+            "usage_note": f"blocked by budget {ex.budget}: not sent upstream",
+            "cost_usd": 0.0,
+            "cost_picousd": 0,
+            "cost_source": "computed",
+            "budget": ex.budget,
+        }
+        return Record("calls", self.storage.finish("calls", row, ex, request_body, request_json))
 
     def unreadable(self, ex: Exchange, problem: Exception) -> Record:
         """A row for a call the meter failed on: recorded, flagged, never dropped."""

@@ -296,7 +296,7 @@ class PriceTable:
         if price is not None and price.rates == FREE:
             return CallCost(Decimal(0), "computed", price, self.version)
         if usage_source == "none":
-            if outcome == "error":
+            if outcome in ("error", "blocked"):
                 return CallCost(Decimal(0), "computed", None, self.version)  # a failed call is not billed
             return CallCost(None, "unpriced", reason=NO_USAGE)
         if price is None:

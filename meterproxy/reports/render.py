@@ -89,6 +89,9 @@ def report_notes(data: dict[str, Any]) -> list[str]:
             f"${projection['daily_rate_usd']:,.2f}/day, ${projection['projected_usd']:,.2f} by the month's end."
         )
     lines += budget_lines(data.get("budget"))
+    if blocked := data.get("blocked_calls"):
+        lines.append(f"Blocked by budgets: {_calls(blocked)} (answered 429, not sent upstream: "
+                     "`meterproxy calls --outcome blocked`).")
     return lines
 
 

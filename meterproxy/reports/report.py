@@ -112,6 +112,8 @@ def full_report(
     this_month = (query.period.start, query.period.end) == (month.start, month.end)
     data["projection"] = _month_projection(dbs, zone, query.filters, now) if this_month else None
     data["budget"] = _budget_status(dbs, zone, daily_usd, monthly_usd, warn_at, now)
+    blocked = Query(query.period, by=(), filters=replace(query.filters, outcome=("blocked",)))
+    data["blocked_calls"] = summarize(dbs, blocked)["totals"]["calls"]
     return data
 
 

@@ -52,6 +52,8 @@ class Exchange:
     """Credential values the request carried; used only to scrub them from what is stored."""
     injected_usage: bool = False
     """``--inject-stream-usage`` asked the provider for this stream's usage."""
+    budget: str | None = None
+    """The budget that refused this call (the proxy answered 429; nothing went upstream)."""
 
 
     def body(self) -> Body:
