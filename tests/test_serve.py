@@ -192,16 +192,15 @@ def test_calls_pages_through_what_calls_lists(served: ServeProcess) -> None:
     assert got == expected
 
 
-def test_budgets_are_the_reports_budget_lines(served: ServeProcess) -> None:
+def test_budgets_are_meterproxy_budget(served: ServeProcess) -> None:
     data = api(served, "/api/budgets")
-    budget = report(served)["budget"]
-    assert [b["name"] for b in data["budgets"]] == ["daily", "monthly"]
-    for entry in data["budgets"]:
-        state = budget[entry["name"]]
-        assert {k: entry[k] for k in state} == state
-        assert entry["remaining_usd"] == pytest.approx(max(state["limit_usd"] - state["spent_usd"], 0))
-    assert data["budgets"][0]["resets_at"] == "2026-11-23T00:00:00-05:00"
-    assert data["budgets"][1]["status"] in ("warning", "over")  # 40 USD, warn at half: the month is past it
+    listed = CliRunner().invoke(cli, ["budget", "--json", "--home", str(served.home)],
+                                env={"TZ": NY, NOW_ENV: DEFAULT_NOW})
+    assert listed.exit_code == 0, listed.output
+    assert data == {"warn_at": 0.5, "budgets": json.loads(listed.stdout)}
+    assert [(b["budget"], b["limit"], b["window"]) for b in data["budgets"]] == [
+        ("daily_usd", 5, "day"), ("monthly_usd", 40, "month")]
+    assert data["budgets"][0]["resets_at"] == "2026-11-23T05:00:00Z"  # midnight in New York
 
 
 def test_metrics_are_the_all_time_report(served: ServeProcess) -> None:
@@ -226,9 +225,10 @@ def test_metrics_are_the_all_time_report(served: ServeProcess) -> None:
                 checked += 1
     assert checked >= 10
     assert sum(v for k, v in samples.items() if k.startswith("meterproxy_calls_total")) == 160
-    budget = report(served)["budget"]
-    assert samples['meterproxy_budget_used_ratio{budget="daily",scope="all"}'] == budget["daily"]["used"]
-    assert samples['meterproxy_budget_used_ratio{budget="monthly",scope="all"}'] == budget["monthly"]["used"]
+    for budget in api(served, "/api/budgets")["budgets"]:
+        labels = f'budget="{budget["budget"]}",scope="all",unit="usd"'
+        assert samples[f"meterproxy_budget_used_ratio{{{labels}}}"] == budget["used"]
+        assert samples[f"meterproxy_budget_limit{{{labels}}}"] == budget["limit"]
 
 
 @pytest.mark.parametrize("url", [

@@ -37,11 +37,11 @@ from meterproxy.ledger.archive import archive_files
 from meterproxy.ledger.db import Reader, connect, read
 from meterproxy.pricing.table import PriceTable
 from meterproxy.reports import overview
-from meterproxy.reports.periods import range_period, zone_named
+from meterproxy.reports.periods import range_period
 from meterproxy.reports.query import FILTERS, last_rowid, list_calls
 from meterproxy.reports.report import BY, Query, WhatIf, full_report, summarize
 from meterproxy.web import params
-from meterproxy.web.budgets import budget_status
+from meterproxy.web.budgets import budgets_view
 from meterproxy.web.events import call_events
 from meterproxy.web.metrics import CONTENT_TYPE, LABELS, metrics_text
 from meterproxy.web.params import BadRequest
@@ -181,11 +181,8 @@ class Dashboard:
 
     def budget_view(self, request: Request) -> Response:
         """``/api/budgets``: every budget with its limit, spend and status."""
-        q = request.query_params
-        params.check_known(q, ["tz", "utc"])
-        zone = params.zone(q)
-        with self.ledger() as db:
-            return _json(budget_status([db], self.budgets(), zone, times.now()))
+        params.check_known(request.query_params, [])
+        return _json(budgets_view(self.home))
 
     async def events(self, request: Request) -> Response:
         """``/api/events``: one server-sent event per call as it lands (``calls`` filters apply)."""
@@ -204,11 +201,9 @@ class Dashboard:
         """``/metrics``: Prometheus text."""
         params.check_known(request.query_params, [])
         now = times.now()
-        zone = zone_named(None)
         with self.ledger() as db:
             report = summarize([db], Query(range_period(None, None, UTC, now), by=LABELS))
-            budgets = budget_status([db], self.budgets(), zone, now)
-        return PlainTextResponse(metrics_text(report, budgets), media_type=CONTENT_TYPE)
+        return PlainTextResponse(metrics_text(report, budgets_view(self.home)), media_type=CONTENT_TYPE)
 
     # --- the application ----------------------------------------------------------------
 

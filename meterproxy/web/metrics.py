@@ -16,7 +16,7 @@ LABELS = ("provider", "model", "agent")
 
 
 def metrics_text(report: dict[str, Any], budgets: dict[str, Any]) -> str:
-    """``report``: by provider, model and agent (nested); ``budgets``: :func:`~meterproxy.web.budgets.budget_status`."""
+    """``report``: by provider, model and agent (nested); ``budgets``: :func:`~meterproxy.web.budgets.budgets_view`."""
     rows = list(_leaves(report["groups"], ()))
     out: list[str] = []
 
@@ -40,9 +40,9 @@ def metrics_text(report: dict[str, Any], budgets: dict[str, Any]) -> str:
     family("meterproxy_no_usage_calls_total", "counter", "Calls without usage reported or estimated.",
            [(labels, row["no_usage_calls"]) for labels, row in rows])
     family("meterproxy_budget_used_ratio", "gauge", "Spend over the budget's limit (1 = all used).",
-           [({"budget": b["name"], "scope": b["scope"]}, b["used"]) for b in budgets["budgets"]])
-    family("meterproxy_budget_limit_usd", "gauge", "The budget's limit in USD.",
-           [({"budget": b["name"], "scope": b["scope"]}, b["limit_usd"]) for b in budgets["budgets"]])
+           [({"budget": b["budget"], "scope": b["scope"], "unit": b["unit"]}, b["used"]) for b in budgets["budgets"]])
+    family("meterproxy_budget_limit", "gauge", "The budget's limit, in its unit (usd or tokens).",
+           [({"budget": b["budget"], "scope": b["scope"], "unit": b["unit"]}, b["limit"]) for b in budgets["budgets"]])
     return "\n".join(out) + "\n"
 
 
