@@ -24,6 +24,8 @@ from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter import tokens
 from meterproxy.meter.record import Meter
 from meterproxy.meter.storage import Storage
+from meterproxy.outbox.otel import EXTRA_HINT, OtelOutbox, Otlp, extra_installed
+from meterproxy.outbox.otel_sender import OtelSender
 from meterproxy.outbox.receipt import Outbox
 from meterproxy.outbox.sender import Sender
 from meterproxy.outbox.settings import Forwarding
@@ -61,6 +63,7 @@ class Pipeline:
     sender: Sender | None
     upstream_bundle: Path | None
     """Public roots plus the configured upstream CA, for mitmproxy's upstream TLS (None: public roots)."""
+    otel_sender: OtelSender | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Pipeline:
@@ -79,7 +82,8 @@ class Pipeline:
         if settings.jsonl and config.logs.jsonl:
             writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
         sender = attach_outbox(writer, home, forwarding)
-        return cls(home, config, routes, storage, writer, sender, bundle)
+        otel_sender = attach_otel(writer, home, Otlp.resolve(config, os.environ))
+        return cls(home, config, routes, storage, writer, sender, bundle, otel_sender)
 
     def start(self) -> None:
         """Open the ledger and start the writer (a broken ledger raises here), then the rest."""
@@ -89,12 +93,16 @@ class Pipeline:
         log.info(self.describe())
         if self.sender is not None:
             self.sender.start()
+        if self.otel_sender is not None:
+            self.otel_sender.start()
 
     def close(self) -> None:
         """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""
         self.writer.close()
         if self.sender is not None:
             self.sender.stop()
+        if self.otel_sender is not None:
+            self.otel_sender.stop()
 
     def describe(self) -> str:
         """What of each call's content is stored, in one line."""
@@ -113,6 +121,25 @@ def attach_outbox(writer: LedgerWriter, home: Home, forwarding: Forwarding) -> S
         return None
     sender = Sender(home, forwarding)
     writer.in_transaction.append(Outbox(forwarding))
+    writer.after_commit.append(sender.wake)
+    return sender
+
+
+def attach_otel(writer: LedgerWriter, home: Home, otlp: Otlp) -> OtelSender | None:
+    """Queue each call ``writer`` records for the OpenTelemetry collector and return the (unstarted) sender.
+
+    None when export is off, or when the ``otel`` extra is missing: then calls are still queued (and
+    sent by a later start with the extra installed) and a warning says what to install.
+    """
+    if not otlp.enabled:
+        return None
+    writer.in_transaction.append(OtelOutbox(otlp))
+    log.info(otlp.describe())
+    if not extra_installed():
+        log.warning("OpenTelemetry export needs the otel extra: %s (calls are queued in the ledger until then)",
+                    EXTRA_HINT)
+        return None
+    sender = OtelSender(home, otlp)
     writer.after_commit.append(sender.wake)
     return sender
 
