@@ -144,22 +144,29 @@ def test_one_span_per_call_with_every_attribute_equal_to_the_ledger_row(
     assert wait_for(lambda: "OpenTelemetry export: traces to" in proxy.output())
     client_env(proxy, agent="marcus")
     upstream.reply(
-        Reply.json(fixture("openai/chat_completion.json")),
-        Reply.sse(sse_events("anthropic/message_stream.sse")),
+        Reply.json(fixture("openai/responses.json")),  # reasoning tokens
+        Reply.json(fixture("anthropic/message.json")),  # cache writes
+        Reply.sse(sse_events("anthropic/message_stream.sse")),  # cache reads, streamed
     )
-    openai_client(upstream).with_options(base_url=f"https://127.0.0.1:{upstream.port}/v1").chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "Describe the image"}]
+    openai_client(upstream).with_options(base_url=f"https://127.0.0.1:{upstream.port}/v1").responses.create(
+        model="o4-mini", input="Describe the image"
+    )
+    session = {"X-Meterproxy-Session": "s-42", "X-Meterproxy-Task": "triage"}
+    anthropic_client(upstream).messages.create(
+        model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "Hi"}], extra_headers=session,
     )
     with anthropic_client(upstream).messages.stream(
         model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "Weather?"}],
-        extra_headers={"X-Meterproxy-Session": "s-42", "X-Meterproxy-Task": "triage"},
+        extra_headers=session,
     ) as stream:
         stream.until_done()
 
-    assert collector.wait_spans(2) == 2
-    assert wait_for(lambda: set(outbox(proxy.ledger).values()) == {"delivered"} and len(outbox(proxy.ledger)) == 4)
+    assert collector.wait_spans(3) == 3
+    assert wait_for(lambda: set(outbox(proxy.ledger).values()) == {"delivered"} and len(outbox(proxy.ledger)) == 6)
     rows = {row["id"]: row for row in proxy.rows()}
-    assert len(rows) == 2
+    assert len(rows) == 3
+    assert any(r["reasoning_tokens"] for r in rows.values()) and any(r["cache_write_tokens"] for r in rows.values())
+    assert any(r["cache_read_tokens"] for r in rows.values())
     for resource, span in collector.spans():
         assert resource["service.name"] == "meterproxy-laptop-7"
         assert resource["deployment.environment"] == "test" and resource["team"] == "platform"
@@ -199,14 +206,13 @@ def test_one_span_per_call_with_every_attribute_equal_to_the_ledger_row(
             assert attrs[name] == value, name
         assert row["cost_source"] == "computed" and row["cost_usd"] > 0 and row["pricing_version"]
         assert span.status.code == span.status.STATUS_CODE_UNSET
+        assert attrs["gen_ai.request.stream"] is bool(row["stream"])
         if row["provider"] == "anthropic":
             assert attrs["gen_ai.conversation.id"] == row["session"] == "s-42"
             assert attrs["meterproxy.task"] == row["task"] == "triage"
-            assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (2008, 89)
-            assert attrs["gen_ai.request.stream"] is True
         else:
             assert "gen_ai.conversation.id" not in attrs and "meterproxy.task" not in attrs
-    assert len({span.span_id for _, span in collector.spans()}) == 2
+    assert len({span.span_id for _, span in collector.spans()}) == 3
 
     # Metrics: the same calls, as GenAI histograms and a cost counter, with the same dimensions.
     metrics = {}
@@ -227,7 +233,7 @@ def test_one_span_per_call_with_every_attribute_equal_to_the_ledger_row(
     }
     duration_points = [p for m in metrics["gen_ai.client.operation.duration"] for p in m.histogram.data_points]
     assert metrics["gen_ai.client.operation.duration"][0].unit == "s"
-    assert sum(p.count for p in duration_points) == 2
+    assert sum(p.count for p in duration_points) == 3
     assert sum(p.sum for p in duration_points) == pytest.approx(sum(r["duration_ms"] for r in rows.values()) / 1000)
     cost_points = [p for m in metrics["gen_ai.client.cost"] for p in m.sum.data_points]
     assert metrics["gen_ai.client.cost"][0].sum.is_monotonic
@@ -321,3 +327,44 @@ def test_without_the_otel_extra_calls_are_queued_and_a_warning_says_what_to_inst
     restarted = start_proxy(f"localhost:{upstream.port}=openai")  # the extra is there again
     assert collector.wait_spans(1) == 1
     assert wait_for(lambda: set(outbox(restarted.ledger).values()) == {"delivered"})
+
+
+def test_gemini_operations_and_a_failed_call(upstream, start_proxy, client_env, collector, home) -> None:
+    from google import genai
+    from google.genai import errors, types
+
+    collector.start()
+    configure(home, collector)
+    proxy = start_proxy(f"localhost:{upstream.port}=gemini")
+    client_env(proxy, agent="research-bot")
+    upstream.reply(
+        Reply.json(fixture("gemini/generate_content.json")),
+        Reply.json(fixture("gemini/embed_content.json")),
+        Reply.json(b'{"error": {"code": 400, "message": "bad request", "status": "INVALID_ARGUMENT"}}', status=400),
+    )
+    client = genai.Client(api_key="AIzaSyTESTKEYnotreal0123456789abcdefg", http_options=types.HttpOptions(
+        base_url=upstream.base_url))
+    client.models.generate_content(model="gemini-2.5-flash", contents="Write a haiku about the sea")
+    client.models.embed_content(model="gemini-embedding-001", contents="What is the meaning of life?")
+    with pytest.raises(errors.ClientError):
+        client.models.generate_content(model="gemini-2.5-flash", contents="?")
+    assert collector.wait_spans(3) == 3
+    rows = {row["id"]: row for row in proxy.rows()}
+    spans = {}
+    for _, span in collector.spans():
+        attrs = {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
+        spans[attrs["meterproxy.call.id"]] = (span, attrs)
+    assert set(spans) == set(rows)
+    operations = sorted((attrs["gen_ai.operation.name"], span.status.code) for span, attrs in spans.values())
+    error, unset = 2, 0
+    assert operations == [("embeddings", unset), ("generate_content", unset), ("generate_content", error)]
+    for call_id, (span, attrs) in spans.items():
+        row = rows[call_id]
+        assert attrs["gen_ai.provider.name"] == "gcp.gemini" and attrs["gen_ai.agent.name"] == "research-bot"
+        assert attrs["server.address"] == "localhost" and attrs["server.port"] == upstream.port
+        assert attrs["meterproxy.outcome"] == row["outcome"]
+        if row["outcome"] != "ok":
+            assert attrs["error.type"] == "400" and attrs["http.response.status_code"] == 400
+            assert span.name == "generate_content gemini-2.5-flash"
+        else:
+            assert "error.type" not in attrs
