@@ -10,6 +10,7 @@ on the same port.
 from __future__ import annotations
 
 import gzip
+import socket
 import threading
 import time
 from collections import deque
@@ -57,6 +58,7 @@ class FakeCollector:
         self.answers: deque[Answer] = deque()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()
 
     @property
     def url(self) -> str:
@@ -75,6 +77,11 @@ class FakeCollector:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        for conn in list(self._connections):  # kept-alive connections too, as a stopped collector does
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def answer(self, *answers: Answer) -> None:
         """Answers for the next POSTs, in order; then 200 with an empty response."""
@@ -148,6 +155,14 @@ def _handler(collector: FakeCollector) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            collector._connections.add(self.connection)
+
+        def finish(self) -> None:
+            collector._connections.discard(self.connection)
+            super().finish()
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))

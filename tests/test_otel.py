@@ -253,15 +253,20 @@ def test_one_span_per_call_with_every_attribute_equal_to_the_ledger_row(
 def test_collector_outage_and_sigkill_lose_nothing_and_send_each_call_once(
     upstream, start_proxy, client_env, collector, home,
 ) -> None:
-    configure(home, collector)  # the collector is not listening yet: connection refused
+    collector.start()
+    configure(home, collector)
     proxy = start_proxy(f"localhost:{upstream.port}=openai")
     client_env(proxy)
+    openai_calls(upstream, 2)
+    assert collector.wait_spans(2) == 2
+    assert wait_for(lambda: list(outbox(proxy.ledger).values()).count("delivered") == 4)
+
+    collector.go_away()  # the outage: connection refused
     openai_calls(upstream, 4)
-    assert len(proxy.wait_rows(4)) == 4
-    assert wait_for(lambda: len(outbox(proxy.ledger)) == 8)
-    assert set(outbox(proxy.ledger).values()) == {"pending"}
+    assert len(proxy.wait_rows(6)) == 6
+    assert wait_for(lambda: list(outbox(proxy.ledger).values()).count("pending") == 8)
     assert wait_for(lambda: "stay queued in the ledger and are retried" in proxy.output())
-    assert proxy.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert proxy.stop(signal.SIGKILL) == -signal.SIGKILL  # and the proxy dies with them pending
 
     # Back, but overloaded at first: 503 and 429 are retried, not dropped.
     collector.answer(Answer(503), Answer(429, headers={"retry-after": "0"}))
@@ -269,10 +274,10 @@ def test_collector_outage_and_sigkill_lose_nothing_and_send_each_call_once(
     restarted = start_proxy(f"localhost:{upstream.port}=openai")
     client_env(restarted)
     openai_calls(upstream, 2)
-    assert collector.wait_spans(6) == 6
-    assert wait_for(lambda: set(outbox(restarted.ledger).values()) == {"delivered"} and len(outbox(restarted.ledger)) == 12)
+    assert collector.wait_spans(8) == 8
+    assert wait_for(lambda: set(outbox(restarted.ledger).values()) == {"delivered"} and len(outbox(restarted.ledger)) == 16)
     call_ids = sorted(row["id"] for row in restarted.rows())
-    assert len(call_ids) == 6
+    assert len(call_ids) == 8
     assert sorted(span_ids_by_call(collector)) == call_ids  # every call, exactly once
     spans = {span.span_id for _, span in collector.spans()}
     assert sorted(exemplar_span_ids(collector, "gen_ai.client.operation.duration")) == sorted(spans)
