@@ -181,3 +181,48 @@ def _handler(collector: FakeCollector) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
     return Handler
+
+
+def main() -> None:
+    """``python -m tests.fake_collector [PORT]``: listen on loopback and print every span and metric point taken."""
+    import json
+    import sys
+
+    collector = FakeCollector(int(sys.argv[1]) if len(sys.argv) > 1 else 4318)
+    printed = 0
+
+    def show() -> None:
+        nonlocal printed
+        exports = [e for e in collector.exports[printed:] if e.request is not None]
+        printed = len(collector.exports)
+        for export in exports:
+            request = export.request
+            if export.path == "/v1/traces":
+                for rs in request.resource_spans:
+                    print(f"POST /v1/traces {export.status}: resource {json.dumps(attributes(rs.resource.attributes))}")
+                    for span in (s for ss in rs.scope_spans for s in ss.spans):
+                        print(f"  span {span.name!r} trace {span.trace_id.hex()} span {span.span_id.hex()} "
+                              f"{(span.end_time_unix_nano - span.start_time_unix_nano) / 1e6:g} ms")
+                        print(f"    {json.dumps(attributes(span.attributes))}")
+            else:
+                for rm in request.resource_metrics:
+                    print(f"POST /v1/metrics {export.status}:")
+                    for metric in (m for sm in rm.scope_metrics for m in sm.metrics):
+                        data = metric.histogram if metric.HasField("histogram") else metric.sum
+                        for p in data.data_points:
+                            value = f"count {p.count} sum {p.sum:g}" if metric.HasField("histogram") else f"{p.as_double:g}"
+                            print(f"  {metric.name} [{metric.unit}] {value} {json.dumps(attributes(p.attributes))}")
+        sys.stdout.flush()
+
+    collector.start()
+    print(f"OTLP/HTTP receiver on {collector.url}", flush=True)
+    try:
+        while True:
+            time.sleep(0.2)
+            show()
+    except KeyboardInterrupt:
+        collector.go_away()
+
+
+if __name__ == "__main__":
+    main()

@@ -148,7 +148,9 @@ class Otlp:
             return "OpenTelemetry export: off (set OTEL_EXPORTER_OTLP_ENDPOINT or [otel] endpoint)"
         s = self.settings
         where = ", ".join(f"{signal} to {self.where(signal)}" for signal in self.urls)
-        details = [f"service {s.service_name}", f"batch {s.batch_size}", f"{len(s.headers)} headers"]
+        details = [f"service {s.service_name}", f"batch {s.batch_size}"]
+        if s.headers:
+            details.append(f"headers: {', '.join(s.headers)}")
         if s.compression == "gzip":
             details.append("gzip")
         if not s.include_local:
