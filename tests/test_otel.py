@@ -4,6 +4,7 @@ protobuf definitions (tests/fake_collector.py)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 from pathlib import Path
@@ -373,3 +374,36 @@ def test_gemini_operations_and_a_failed_call(upstream, start_proxy, client_env, 
             assert span.name == "generate_content gemini-2.5-flash"
         else:
             assert "error.type" not in attrs
+
+
+def test_otel_command_shows_the_queue_and_sends_it_now(upstream, start_proxy, client_env, collector, home) -> None:
+    configure(home, collector)  # the collector is down
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    client_env(proxy)
+    openai_calls(upstream, 3)
+    assert wait_for(lambda: len(outbox(proxy.ledger)) == 6)
+    assert wait_for(lambda: "stay queued in the ledger" in proxy.output())
+    assert proxy.stop() == 0
+    call_ids = sorted(row["id"] for row in proxy.rows())
+
+    status = proxy.cli("otel")
+    assert status.returncode == 0, status.stderr
+    assert f"traces: 3 pending, 0 delivered, 0 rejected\n  oldest pending: {call_ids[0]} since" in status.stdout
+    assert "attempts, last: connection refused" in status.stdout
+    sent = proxy.cli("otel", "--send")
+    assert sent.returncode == 1
+    assert f"traces to {collector.url}/v1/traces: 0 delivered, 0 rejected, 3 pending (connection refused)" in sent.stdout
+
+    collector.answer(Answer(400, message="bad"))  # traces rejected once, metrics taken
+    collector.start()
+    sent = proxy.cli("otel", "--send")
+    assert sent.returncode == 1
+    assert "traces to" in sent.stdout and "0 delivered, 3 rejected, 0 pending" in sent.stdout
+    assert "metrics to" in sent.stdout and "3 delivered, 0 rejected, 0 pending" in sent.stdout
+    assert "rejected: 3 calls, HTTP 400" in proxy.cli("otel").stdout
+    sent = proxy.cli("otel", "--send", "--retry-rejected")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "traces to" in sent.stdout and "3 delivered, 0 rejected, 0 pending" in sent.stdout
+    assert sorted(span_ids_by_call(collector)) == call_ids
+    data = json.loads(proxy.cli("otel", "--json").stdout)
+    assert data["traces"]["delivered"] == data["metrics"]["delivered"] == 3

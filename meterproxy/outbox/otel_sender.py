@@ -39,7 +39,7 @@ from meterproxy import __version__
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import connect
-from meterproxy.outbox.otel import Otlp
+from meterproxy.outbox.otel import EXTRA_HINT, Otlp
 from meterproxy.outbox.sender import _STALE_CONNECTION, KEPT_BODY, _describe, _retry_after
 from meterproxy.times import iso_utc
 
@@ -83,6 +83,7 @@ class OtelSender:
         self._http = {signal: _Http(otlp, signal) for signal in otlp.urls}
         self._failures = dict.fromkeys(otlp.urls, 0)
         self._retry_at = dict.fromkeys(otlp.urls, 0.0)
+        self._last_error: dict[str, str | None] = dict.fromkeys(otlp.urls)
 
     def start(self) -> None:
         self._thread.start()
@@ -97,6 +98,38 @@ class OtelSender:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def drain(self, retry_rejected: bool = False) -> dict[str, Any]:
+        """Send everything pending now, in the caller's thread (``meterproxy otel --send``).
+
+        Per signal: calls delivered and rejected now, and the error that stopped it (None: all sent).
+        """
+        try:
+            from meterproxy.outbox import otlp as encoder
+        except ImportError:
+            raise MeterproxyError(f"OpenTelemetry export needs the otel extra: {EXTRA_HINT}") from None
+        db = connect(self.home.ledger)
+        report: dict[str, Any] = {}
+        try:
+            with _lock(self.home, wait=True):
+                if retry_rejected:
+                    db.execute("UPDATE otel_outbox SET state = 'pending' WHERE state = 'rejected'")
+                for signal in self.otlp.urls:
+                    before = _states(db, signal)
+                    while self._round(db, signal, encoder):
+                        pass
+                    after = _states(db, signal)
+                    report[signal] = {
+                        "delivered": after.get("delivered", 0) - before.get("delivered", 0),
+                        "rejected": max(after.get("rejected", 0) - before.get("rejected", 0), 0),
+                        "pending": after.get("pending", 0),
+                        "error": self._last_error.get(signal) if self._failures[signal] else None,
+                    }
+        finally:
+            for conn in self._http.values():
+                conn.close()
+            db.close()
+        return report
 
     def _run(self) -> None:
         try:
@@ -178,6 +211,7 @@ class OtelSender:
 
     def _failed(self, signal: str, answer: Answer) -> bool:
         """Back the signal off after a failed round; always False (nothing more now)."""
+        self._last_error[signal] = answer.error
         if not self._failures[signal]:
             log.warning("OpenTelemetry collector at %s: %s; %s stay queued in the ledger and are retried",
                         self.otlp.where(signal), answer.error, signal)
@@ -246,7 +280,7 @@ class _Http:
 
 
 @contextmanager
-def _lock(home: Home) -> Iterator[bool]:
+def _lock(home: Home, wait: bool = False) -> Iterator[bool]:
     """Hold the home's OpenTelemetry export lock (released by the OS even on SIGKILL)."""
     if fcntl is None:
         yield True
@@ -254,10 +288,38 @@ def _lock(home: Home) -> Iterator[bool]:
     fd = os.open(home.root / "otel.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return
         yield True
     finally:
         os.close(fd)
+
+
+def _states(db: Database, signal: str) -> dict[str, int]:
+    return dict(db.execute("SELECT state, count(*) FROM otel_outbox WHERE signal = ? GROUP BY state", [signal]))
+
+
+def otel_status(db: Database) -> dict[str, Any]:
+    """Per signal: counts per state, the oldest pending call, and the newest rejections."""
+    status: dict[str, Any] = {}
+    for signal in ("traces", "metrics"):
+        counts = _states(db, signal)
+        oldest = db.execute(
+            "SELECT call_id, created_at, attempts, last_attempt_at, last_error FROM otel_outbox "
+            "WHERE signal = ? AND state = 'pending' ORDER BY call_id LIMIT 1", [signal],
+        ).fetchone()
+        rejected = db.execute(
+            "SELECT last_status, last_error, count(*) FROM otel_outbox WHERE signal = ? AND state = 'rejected' "
+            "GROUP BY last_status, last_error ORDER BY max(last_attempt_at) DESC LIMIT 5", [signal],
+        ).fetchall()
+        status[signal] = {
+            "pending": counts.get("pending", 0),
+            "delivered": counts.get("delivered", 0),
+            "rejected": counts.get("rejected", 0),
+            "oldest_pending": dict(zip(("call_id", "created_at", "attempts", "last_attempt_at", "last_error"), oldest))
+            if oldest else None,
+            "rejections": [{"status": s, "error": e, "calls": n} for s, e, n in rejected],
+        }
+    return status
