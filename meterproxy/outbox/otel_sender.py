@@ -166,7 +166,11 @@ class OtelSender:
         finally:
             for conn in self._http.values():
                 conn.close()
+            pending = db.execute("SELECT count(DISTINCT call_id) FROM otel_outbox WHERE state = 'pending'").fetchone()[0]
             db.close()
+            if pending:
+                log.info("%d calls queued for the OpenTelemetry collector: sent on next start or by "
+                         "`meterproxy otel --send`", pending)
 
     def _round(self, db: Database, signal: str, encoder: Any) -> bool:
         """Send one batch of a signal; True when more may be waiting."""
@@ -212,7 +216,7 @@ class OtelSender:
     def _failed(self, signal: str, answer: Answer) -> bool:
         """Back the signal off after a failed round; always False (nothing more now)."""
         self._last_error[signal] = answer.error
-        if not self._failures[signal]:
+        if not self._failures[signal] and self._thread.is_alive():  # `meterproxy otel --send` reports it itself
             log.warning("OpenTelemetry collector at %s: %s; %s stay queued in the ledger and are retried",
                         self.otlp.where(signal), answer.error, signal)
         self._failures[signal] += 1
