@@ -301,8 +301,9 @@ def test_a_rejected_batch_is_kept_not_retried_and_a_partial_success_is_logged(
     openai_calls(upstream, 1)
     assert collector.wait_spans(1) == 1
     assert wait_for(lambda: "the collector dropped 1 of 1 traces: span too large" in proxy.output())
+    assert wait_for(lambda: len(collector.exports) == 4)  # the second call's metrics too
     assert list(outbox(proxy.ledger).values()).count("rejected") == 2  # kept in the ledger, never resent
-    assert len(collector.exports) == 4
+    assert [e.status for e in collector.exports].count(400) == 2
 
 
 def test_without_the_otel_extra_calls_are_queued_and_a_warning_says_what_to_install(
