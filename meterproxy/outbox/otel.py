@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -27,9 +27,11 @@ from sqlite_utils import Database
 from meterproxy.config import Config, OtelSettings
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import insert_rows
-from meterproxy.meter.record import Record
 from meterproxy.pricing.table import LOCAL_PROVIDERS
 from meterproxy.times import iso_utc, parse_iso
+
+if TYPE_CHECKING:  # `meterproxy otel` needs no meter
+    from meterproxy.meter.record import Record
 
 SIGNALS = ("traces", "metrics")
 EXTRA_HINT = "pip install 'meterproxy[otel]'"
