@@ -269,7 +269,8 @@ def test_collector_outage_and_sigkill_lose_nothing_and_send_each_call_once(
     assert wait_for(lambda: "stay queued in the ledger and are retried" in proxy.output())
     assert proxy.stop(signal.SIGKILL) == -signal.SIGKILL  # and the proxy dies with them pending
 
-    # Back, but overloaded at first: 503 and 429 are retried, not dropped.
+    # Back, but overloaded at first: 503 and 429 are retried, not dropped. Batches of 4 calls at most.
+    configure(home, collector, "batch_size = 4\n")
     collector.answer(Answer(503), Answer(429, headers={"retry-after": "0"}))
     collector.start()
     restarted = start_proxy(f"localhost:{upstream.port}=openai")
@@ -283,6 +284,8 @@ def test_collector_outage_and_sigkill_lose_nothing_and_send_each_call_once(
     spans = {span.span_id for _, span in collector.spans()}
     assert sorted(exemplar_span_ids(collector, "gen_ai.client.operation.duration")) == sorted(spans)
     assert {e.status for e in collector.exports} >= {503, 429, 200}
+    batches = [sum(len(ss.spans) for rs in r.resource_spans for ss in rs.scope_spans) for r in collector.taken("/v1/traces")]
+    assert max(batches) == 4 and sum(batches) == 8, batches  # the six queued calls went in batches of 4 and 2
 
 
 def test_a_rejected_batch_is_kept_not_retried_and_a_partial_success_is_logged(

@@ -52,6 +52,8 @@ log = logging.getLogger("meterproxy")
 
 RETRYABLE = frozenset({408, 429, 502, 503, 504})
 IDLE_POLL = 30.0
+LINGER = 0.5
+"""Seconds the sender waits after being woken by new calls, so that calls close together share a request."""
 
 
 @dataclass(slots=True)
@@ -161,8 +163,8 @@ class OtelSender:
                             waits.append(0)
                         elif self._retry_at[signal] > time.time():
                             waits.append(self._retry_at[signal] - time.time())
-                if min(waits) > 0:
-                    self._wake.wait(min(waits))
+                if min(waits) > 0 and self._wake.wait(min(waits)):
+                    self._stop.wait(LINGER)  # new calls: let the next commits join them in one request
         finally:
             for conn in self._http.values():
                 conn.close()
