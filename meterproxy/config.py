@@ -220,6 +220,8 @@ class OtelSettings(_Section):
     traces: bool = True
     metrics: bool = True
     compression: Literal["none", "gzip"] = "gzip"
+    certificate: str | None = None
+    """A PEM file of CA certificates to trust for an https collector, besides the system's (``OTEL_EXPORTER_OTLP_CERTIFICATE``)."""
     batch_size: int = Field(default=200, ge=1, le=5000)
     """Calls per export request."""
     include_local: bool = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -52,8 +53,10 @@ class Export:
 
 
 class FakeCollector:
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, ca: Any = None):
+        """``ca``: a ``trustme.CA`` to serve HTTPS with a certificate for localhost (plain HTTP without)."""
         self.port = port or free_port()
+        self.ca = ca
         self.exports: list[Export] = []
         self.answers: deque[Answer] = deque()
         self._lock = threading.Lock()
@@ -62,11 +65,15 @@ class FakeCollector:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://localhost:{self.port}" if self.ca else f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeCollector:
         server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
         server.daemon_threads = True
+        if self.ca is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ca.issue_cert("localhost").configure_cert(context)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self._server = server
         return self

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import trustme
 
 from meterproxy.config import Config
 from meterproxy.errors import MeterproxyError
@@ -411,3 +412,28 @@ def test_otel_command_shows_the_queue_and_sends_it_now(upstream, start_proxy, cl
     assert sorted(span_ids_by_call(collector)) == call_ids
     data = json.loads(proxy.cli("otel", "--json").stdout)
     assert data["traces"]["delivered"] == data["metrics"]["delivered"] == 3
+
+
+def test_an_https_collector_with_a_private_ca(upstream, start_proxy, client_env, home, tmp_path) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "collector-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    collector = FakeCollector(ca=ca).start()
+    try:
+        configure(home, collector)  # the private CA is not trusted yet
+        proxy = start_proxy(f"localhost:{upstream.port}=openai")
+        client_env(proxy)
+        openai_calls(upstream, 1)
+        assert wait_for(lambda: "TLS error" in proxy.output() and "stay queued in the ledger" in proxy.output())
+        assert proxy.stop() == 0
+        assert not collector.spans()
+
+        restarted = start_proxy(f"localhost:{upstream.port}=openai", env={"OTEL_EXPORTER_OTLP_CERTIFICATE": str(ca_file)})
+        assert f"CA {ca_file}" in restarted.output()
+        assert collector.wait_spans(1) == 1
+        assert wait_for(lambda: set(outbox(restarted.ledger).values()) == {"delivered"})
+    finally:
+        collector.go_away()
+    with pytest.raises(MeterproxyError, match="OTEL_EXPORTER_OTLP_CERTIFICATE: no such file"):
+        Otlp.resolve(Config(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4318",
+                                "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "missing.pem")})

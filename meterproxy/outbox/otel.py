@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -79,6 +80,7 @@ ENV = {
     "resource_attributes": "OTEL_RESOURCE_ATTRIBUTES",
     "compression": "OTEL_EXPORTER_OTLP_COMPRESSION",
     "timeout": "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "certificate": "OTEL_EXPORTER_OTLP_CERTIFICATE",
 }
 
 
@@ -114,6 +116,9 @@ class Otlp:
         except ValueError:
             raise MeterproxyError(f"{ENV['timeout']}: must be a number of milliseconds") from None
         settings = config.otel.model_copy(update={name: getattr(overlay, name) for name in given})
+        if settings.certificate and not Path(settings.certificate).expanduser().is_file():
+            where = ENV["certificate"] if "certificate" in given else "[otel] certificate"
+            raise MeterproxyError(f"{where}: no such file: {settings.certificate}")
         if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
             return cls(settings)
         urls = {}
@@ -149,6 +154,10 @@ class Otlp:
         if not self.enabled:
             return "OpenTelemetry export: off (set OTEL_EXPORTER_OTLP_ENDPOINT or [otel] endpoint)"
         s = self.settings
+        if s.certificate and any(url.startswith("https:") for url in self.urls.values()):
+            details_ca = [f"CA {s.certificate}"]
+        else:
+            details_ca = []
         where = ", ".join(f"{signal} to {self.where(signal)}" for signal in self.urls)
         details = [f"service {s.service_name}", f"batch {s.batch_size}"]
         if s.headers:
@@ -157,6 +166,7 @@ class Otlp:
             details.append("gzip")
         if not s.include_local:
             details.append("local models left out")
+        details += details_ca
         return f"OpenTelemetry export: {where} ({', '.join(details)})"
 
     def scrub(self, text: str) -> str:

@@ -274,6 +274,11 @@ class _Http:
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         if self._https:
             context = ssl.create_default_context()
+            if certificate := self.otlp.settings.certificate:
+                try:
+                    context.load_verify_locations(cafile=os.path.expanduser(certificate))
+                except (OSError, ssl.SSLError) as e:
+                    raise OSError(f"cannot load the collector's CA {certificate}: {getattr(e, 'strerror', None) or e}") from e
             self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
         else:
             self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
