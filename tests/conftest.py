@@ -29,7 +29,7 @@ LEAKY_ENV = (
     "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME",
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy",
 )
-LEAKY_PREFIXES = ("LOCKN_LOGGER_", "lockn_logger_")
+LEAKY_PREFIXES = ("LOCKN_LOGGER_", "lockn_logger_", "OTEL_")
 
 
 @pytest.fixture(autouse=True)

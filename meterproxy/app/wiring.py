@@ -26,6 +26,8 @@ from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter.record import Meter
 from meterproxy.meter.storage import Storage
 from meterproxy.outbox.alerts import AlertSender
+from meterproxy.outbox.otel import EXTRA_HINT, OtelOutbox, Otlp, extra_installed
+from meterproxy.outbox.otel_sender import OtelSender
 from meterproxy.outbox.receipt import Outbox
 from meterproxy.outbox.sender import Sender
 from meterproxy.outbox.settings import Forwarding
@@ -68,6 +70,7 @@ class Pipeline:
     alerts: AlertSender | None = None
     budgets_live: LivePublisher | None = None
     """Publishes the budgets (with calls in flight) for ``meterproxy budget``."""
+    otel_sender: OtelSender | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Pipeline:
@@ -88,7 +91,8 @@ class Pipeline:
         sender = attach_outbox(writer, home, forwarding)
         budgets, alerts = attach_budgets(writer, home, config, meter.prices)
         live = LivePublisher(budgets, home.root) if budgets is not None else None
-        return cls(home, config, routes, storage, writer, sender, bundle, budgets, alerts, live)
+        otel_sender = attach_otel(writer, home, Otlp.resolve(config, os.environ))
+        return cls(home, config, routes, storage, writer, sender, bundle, budgets, alerts, live, otel_sender)
 
     def start(self) -> None:
         """Open the ledger and start the writer (a broken ledger raises here), then the rest."""
@@ -104,6 +108,8 @@ class Pipeline:
             self.alerts.start()
         if self.budgets_live is not None:
             self.budgets_live.start()
+        if self.otel_sender is not None:
+            self.otel_sender.start()
 
     def close(self) -> None:
         """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""
@@ -114,6 +120,8 @@ class Pipeline:
             self.alerts.stop()
         if self.budgets_live is not None:
             self.budgets_live.stop()
+        if self.otel_sender is not None:
+            self.otel_sender.stop()
 
     def describe(self) -> str:
         """What of each call's content is stored, in one line."""
@@ -150,6 +158,25 @@ def attach_budgets(
     if alerts is not None:
         writer.after_commit.append(alerts.wake)
     return book, alerts
+
+
+def attach_otel(writer: LedgerWriter, home: Home, otlp: Otlp) -> OtelSender | None:
+    """Queue each call ``writer`` records for the OpenTelemetry collector and return the (unstarted) sender.
+
+    None when export is off, or when the ``otel`` extra is missing: then calls are still queued (and
+    sent by a later start with the extra installed) and a warning says what to install.
+    """
+    if not otlp.enabled:
+        return None
+    writer.in_transaction.append(OtelOutbox(otlp))
+    log.info(otlp.describe())
+    if not extra_installed():
+        log.warning("OpenTelemetry export needs the otel extra: %s (calls are queued in the ledger until then)",
+                    EXTRA_HINT)
+        return None
+    sender = OtelSender(home, otlp)
+    writer.after_commit.append(sender.wake)
+    return sender
 
 
 def _storage(policy: str, config: Config) -> Storage:

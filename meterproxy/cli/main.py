@@ -47,6 +47,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "budget_commands:budget",
         "Show every budget of config.toml: limit, spent, reserved, remaining, status and reset time.",
     ),
+    "otel": (
+        "otel_commands:otel",
+        "Show the calls queued for the OpenTelemetry collector (or --send them now).",
+    ),
     "serve": ("web_commands:serve", "Serve the dashboard and the JSON API over the ledger (read only)."),
     "dashboard": (
         "web_commands:dashboard",

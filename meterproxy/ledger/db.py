@@ -257,3 +257,29 @@ def insert_rows(db: Database, table: str, rows: Iterable[Mapping[str, Any]]) -> 
 LISTED_COLUMNS = [c for c, kind in CALL_COLUMNS.items() if kind is not bytes] + ["budget"]
 """Every column but the stored bodies (``meterproxy calls`` output)."""
 
+
+OTEL_OUTBOX_COLUMNS: dict[str, type] = {
+    "call_id": str,
+    "signal": str,
+    "created_at": str,
+    "payload": str,
+    "state": str,
+    "attempts": int,
+    "next_attempt_at": str,
+    "last_attempt_at": str,
+    "last_status": int,
+    "last_error": str,
+    "delivered_at": str,
+}
+"""OpenTelemetry export (meterproxy.outbox.otel): one row per call and signal (``traces``,
+``metrics``); ``state`` is pending, delivered or rejected."""
+
+
+@migrations()
+def m008_otel(db: Database) -> None:
+    db["otel_outbox"].create(
+        OTEL_OUTBOX_COLUMNS, pk=("call_id", "signal"),
+        not_null={"created_at", "payload", "state", "attempts", "next_attempt_at"},
+        defaults={"state": "pending", "attempts": 0},
+    )
+    db["otel_outbox"].create_index(["signal", "state", "next_attempt_at"])
