@@ -28,6 +28,13 @@ from tests.test_e2e_providers import GEMINI_KEY
 OPENAI_COST = 0.0019725
 
 
+def budgets_of(proxy) -> list[dict]:
+    """``meterproxy budget --json`` of the proxy's home."""
+    done = proxy.cli("budget", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def configure(home: Path, text: str) -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(text)
@@ -134,7 +141,7 @@ def test_parallel_streams_against_room_for_five(home, upstream, start_proxy, cli
         time.sleep(0.05)
     time.sleep(0.5)
     # While the five are streaming, `meterproxy budget` shows their reservations (the proxy's live view).
-    (live,) = json.loads(proxy.cli("budget", "--json").stdout)
+    (live,) = budgets_of(proxy)
     assert results.count("ok") == 0, "a stream ended before the budget was read"
     assert live["spent"] == 0 and 0.05 < live["reserved"] <= 0.055 and live["remaining"] < 0.005
     for t in threads:
@@ -144,10 +151,10 @@ def test_parallel_streams_against_room_for_five(home, upstream, start_proxy, cli
     rows = proxy.wait_rows(20)
     assert sorted(r["outcome"] for r in rows) == ["blocked"] * 15 + ["ok"] * 5
     time.sleep(0.5)
-    (state,) = json.loads(proxy.cli("budget", "--json").stdout)
+    (state,) = budgets_of(proxy)
     assert (state["spent"], state["reserved"]) == (pytest.approx(sum(r["cost_usd"] for r in rows)), 0)
     assert proxy.stop() == 0
-    (state,) = json.loads(proxy.cli("budget", "--json").stdout)  # from the ledger now
+    (state,) = budgets_of(proxy)  # from the ledger now
     assert (state["spent"], state["reserved"]) == (pytest.approx(sum(r["cost_usd"] for r in rows)), 0)
 
 
@@ -168,7 +175,7 @@ def test_a_restart_keeps_the_days_spend(home, upstream, start_proxy, client_env)
     with pytest.raises(openai.RateLimitError):
         openai_call(client)  # $0.0039 spent: over
     assert len(upstream.received) == 2
-    (state,) = json.loads(proxy.cli("budget", "--json").stdout)
+    (state,) = budgets_of(proxy)
     assert state["spent"] == pytest.approx(2 * OPENAI_COST) and state["status"] == "over"
 
 
@@ -249,6 +256,6 @@ usd = 0.001
         "agents.marcus.daily_usd", "each_agent[bob].daily_usd", "each_session[s1].usd"]
     calls = proxy.calls_json()
     assert sum(c["outcome"] == "blocked" for c in calls) == 3
-    status = {s["budget"]: s["status"] for s in json.loads(proxy.cli("budget", "--json").stdout)}
+    status = {s["budget"]: s["status"] for s in budgets_of(proxy)}
     assert status["agents.marcus.daily_usd"] == "over" and status["each_agent[carol].daily_usd"] == "ok"
     assert status["each_session[s1].usd"] == "over" and status["each_session[s2].usd"] == "over"
