@@ -19,6 +19,7 @@ import certifi
 
 from meterproxy.config import STORE_POLICIES, Config, Home
 from meterproxy.errors import MeterproxyError
+from meterproxy.ledger import calllog
 from meterproxy.ledger.mirror import JsonlMirror
 from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter import tokens
@@ -78,6 +79,8 @@ class Pipeline:
         writer = LedgerWriter(home.ledger, meter)
         if settings.jsonl and config.logs.jsonl:
             writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
+        if calllog.log.isEnabledFor(logging.DEBUG):  # meterproxy start -v
+            writer.after_commit.append(calllog.log_calls)
         sender = attach_outbox(writer, home, forwarding)
         return cls(home, config, routes, storage, writer, sender, bundle)
 
