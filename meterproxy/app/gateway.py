@@ -115,11 +115,20 @@ class Gateway:
     # --- requests ------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
         to_self = self._to_self(flow)
         remote = _remote(flow.client_conn)
-        if not (to_self or remote) or (state := self.state()) is None:
+        plain = not flow.client_conn.tls and request.scheme == "http" and request.port == 80
+        if not (to_self or remote or plain) or (state := self.state()) is None:
             return
-        request = flow.request
+        if plain and not to_self and state.base_urls.https_only(request.host):
+            # Plain HTTP to a provider's API host: a base-URL client sending the provider's Host
+            # header, or an http:// URL. Either way nothing answers there: say what to use.
+            flow.response = _error(400, "meterproxy_plain_http", (
+                f"meterproxy: {request.host} is served over HTTPS only; for base-URL mode use "
+                f"http://<proxy>/PREFIX/... (e.g. /openai/v1), or https:// through HTTPS_PROXY"
+            ))
+            return
         if not to_self:  # a remote client's proxy request (a tunnel authenticated at CONNECT)
             if flow.client_conn.id not in self._authed and not state.credentials.basic(
                 request.headers.get("proxy-authorization")

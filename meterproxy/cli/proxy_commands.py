@@ -67,7 +67,7 @@ def start(
 
     options.setup_logging(verbose)
     config = home.ensure().load_config()
-    check_routes(routes)
+    check_routes(routes, config)
     host = host or config.proxy.host
     credentials = _credentials(auth, config)
     if exposed(host) and not credentials:
@@ -126,13 +126,13 @@ def _credentials(auth: tuple[str, ...], config: Config) -> Credentials:
     return Credentials.build(auth, {user: secret.get_secret_value() for user, secret in config.proxy.auth.items()})
 
 
-def check_routes(specs: tuple[str, ...]) -> None:
-    """Each ``--route`` parses (HOST[:PORT]=PROVIDER, a known provider): a one-line error otherwise."""
+def check_routes(specs: tuple[str, ...], config: Config) -> None:
+    """The routes (``--route`` and config.toml's) and ``[base_urls]`` are valid: a one-line error otherwise."""
     from meterproxy.providers import PROVIDERS
-    from meterproxy.wire.routes import parse_route
+    from meterproxy.wire.baseurl import BaseUrls
+    from meterproxy.wire.routes import RouteTable
 
-    for spec in specs:
-        parse_route(spec, PROVIDERS)
+    BaseUrls.build(config.base_urls, RouteTable.build(specs, config.routes, PROVIDERS))
 
 
 def _proxy_address(home: Home, host: str | None, port: int | None) -> tuple[str, int]:
