@@ -90,10 +90,12 @@ class Gateway:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if not _remote(flow.client_conn) or (state := self.state()) is None:
             return
-        if state.credentials.basic(flow.request.headers.get("proxy-authorization")):
-            self._authed.add(flow.client_conn.id)
-        else:
+        if not state.credentials.basic(flow.request.headers.get("proxy-authorization")):
             flow.response = _refusal(state, 407)
+        elif local_only(flow.request.host):
+            flow.response = _this_machine(flow.request.host, flow.request.port)
+        else:
+            self._authed.add(flow.client_conn.id)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """A remote client never reaches this machine's loopback, whatever name it used."""
@@ -106,7 +108,7 @@ class Gateway:
             return  # mitmproxy reports the failure itself
         addresses = [info[4][0] for info in infos]
         if local_only(host) or any(local_only(a) for a in addresses):
-            data.server.error = f"meterproxy: clients of other machines cannot reach {host}:{port} (this machine)"
+            data.server.error = _LOCAL_ONLY.format(host=host, port=port)
             return
         # Connect to the address checked, not to what a second lookup might say.
         data.server.sni = data.server.sni or host
@@ -134,6 +136,8 @@ class Gateway:
                 request.headers.get("proxy-authorization")
             ):
                 flow.response = _refusal(state, 407)
+            elif local_only(request.host):
+                flow.response = _this_machine(request.host, request.port)
             return
         target = state.base_urls.resolve(request.path)
         if target is None:
@@ -148,8 +152,11 @@ class Gateway:
         ):
             flow.response = _refusal(state, 401)
             return
-        headers.pop(AUTH_HEADER, None)
         origin = target.origin
+        if remote and local_only(origin.host):
+            flow.response = _this_machine(origin.host, origin.port)
+            return
+        headers.pop(AUTH_HEADER, None)
         request.scheme, request.host, request.port = origin.scheme, origin.host, origin.port
         request.path = target.path
         request.host_header = url.hostport(origin.scheme, origin.host, origin.port)
@@ -182,6 +189,13 @@ def _refusal(state: _State, status: int) -> http.Response:
     if status == 407:
         response.headers["proxy-authenticate"] = REALM
     return response
+
+
+_LOCAL_ONLY = "meterproxy: clients of other machines cannot reach {host}:{port} (this machine's loopback)"
+
+
+def _this_machine(host: str, port: int) -> http.Response:
+    return _error(403, "meterproxy_forbidden", _LOCAL_ONLY.format(host=host, port=port))
 
 
 def _unknown_prefix(state: _State, path: str) -> str:
