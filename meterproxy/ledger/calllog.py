@@ -27,5 +27,5 @@ def log_calls(records: Sequence[Record]) -> None:
             "%s %s%s %s %s in=%s out=%s %s %s (%s usage)",
             row.get("agent"), host, row.get("endpoint"), row.get("status"), row.get("model") or "(unknown model)",
             row.get("input_tokens"), row.get("output_tokens"),
-            f"${usd(cost):.6f}" if cost is not None else "unpriced", row.get("outcome"), row.get("usage_source"),
+            f"{usd(cost):.6f} USD" if cost is not None else "unpriced", row.get("outcome"), row.get("usage_source"),
         )
