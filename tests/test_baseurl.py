@@ -207,3 +207,43 @@ def test_bad_base_urls_and_routes_fail_start_with_one_line(home: Path, upstream:
     run = subprocess.run([sys.executable, "-m", "meterproxy", "start", "--route", "https://x=openai"],
                          capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 1 and "HOST[:PORT] only" in run.stderr and "Traceback" not in run.stderr
+
+
+PYTHON_SDKS = """
+import anthropic, openai
+from google import genai
+openai.OpenAI(max_retries=0).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+anthropic.Anthropic(max_retries=0).messages.create(
+    model="claude-sonnet-4-20250514", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+gemini = genai.Client(api_key="AIzaSyTESTKEYdoNotStore0123456789abcdefg")  # kept: a dropped client closes
+gemini.models.generate_content(model="gemini-2.5-flash", contents="Write a haiku about the sea")
+print("ok")
+"""
+
+
+def test_python_sdks_follow_the_base_url_variables_run_sets(start_proxy, home: Path, upstream_ca) -> None:
+    """`run` sets both proxy and base-URL variables: the Python SDKs (httpx) then send base-URL requests
+    through the proxy to itself (absolute-form, with the proxy user): metered once each, by their agent."""
+    with FakeUpstream(upstream_ca) as oa, FakeUpstream(upstream_ca) as an, FakeUpstream(upstream_ca) as ge:
+        write_config(home, f'[base_urls]\nopenai = "https://localhost:{oa.port}"\n'
+                           f'anthropic = "https://localhost:{an.port}"\ngemini = "https://localhost:{ge.port}"\n')
+        proxy = start_proxy(f"localhost:{oa.port}=openai", f"localhost:{an.port}=anthropic",
+                            f"localhost:{ge.port}=gemini")
+        oa.reply(Reply.json(fixture("openai/chat_completion.json")))
+        an.reply(Reply.json(fixture("anthropic/message.json")))
+        ge.reply(Reply.json(fixture("gemini/generate_content.json")))
+        result = subprocess.run(
+            [sys.executable, "-m", "meterproxy", "run", "--port", str(proxy.port), "--agent", "py-sdks", "--",
+             sys.executable, "-c", PYTHON_SDKS],
+            capture_output=True, text=True, timeout=90,
+            env={**__import__("os").environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": API_KEY,
+                 "ANTHROPIC_API_KEY": "sk-ant-api03-TESTKEYdoNotStore0123456789abcdef"},
+        )
+        assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+        rows = proxy.wait_rows(3)
+        assert sorted((r["provider"], r["agent"], r["outcome"], r["usage_source"]) for r in rows) == [
+            ("anthropic", "py-sdks", "ok", "reported"), ("gemini", "py-sdks", "ok", "reported"),
+            ("openai", "py-sdks", "ok", "reported"),
+        ]
+        assert ge.received[0].path.endswith("/models/gemini-2.5-flash:generateContent")  # v1 or v1beta: the SDK's
+        assert an.received[0].path == "/v1/messages" and oa.received[0].path == "/v1/chat/completions"
