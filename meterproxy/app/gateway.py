@@ -175,8 +175,13 @@ class Gateway:
         return state is not None and host in state.own_names
 
 
+_LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
 def _remote(client: connection.Client) -> bool:
-    return bool(client.peername) and not local_only(str(client.peername[0]))
+    """Whether a client connects from another machine (the usual loopback peers skip the parsing)."""
+    peer = client.peername
+    return bool(peer) and peer[0] not in _LOOPBACK_PEERS and not local_only(str(peer[0]))
 
 
 def _refusal(state: _State, status: int) -> http.Response:

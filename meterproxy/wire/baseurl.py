@@ -132,7 +132,7 @@ class BaseUrls:
     def https_only(self, host: str) -> bool:
         """Whether ``host`` is a provider reached only over HTTPS (a plain-HTTP call to it is a mistake)."""
         host = host.lower()
-        return any(o.host == host and o.scheme == "https" for o in self.prefixes.values())
+        return any(o.host == host and o.scheme == "https" and o.port == 443 for o in self.prefixes.values())
 
     def names(self) -> list[str]:
         return sorted(self.prefixes)
