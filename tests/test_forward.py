@@ -6,9 +6,9 @@ second) and deliver them with the real sender; tests/test_forward_e2e.py runs th
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
+import itertools
 import time
 from collections import Counter
 from datetime import UTC, datetime
