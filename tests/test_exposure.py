@@ -166,7 +166,21 @@ def connect_status(proxy_host: str, proxy_port: int, target: str, user: str) -> 
     token = base64.b64encode(user.encode()).decode()
     with socket.create_connection((proxy_host, proxy_port), timeout=10) as sock:
         sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {token}\r\n\r\n".encode())
-        return sock.recv(65536).decode("latin-1")
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+        return answer.decode("latin-1")
+
+
+def _length(head: bytes) -> int:
+    for line in head.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
 
 
 def test_proxy_bound_to_the_network_address_only(start_proxy, lan_upstream: FakeUpstream, address: str,
