@@ -27,6 +27,7 @@ from mitmproxy.addons import errorcheck
 
 from meterproxy.app.addon import MeterAddon
 from meterproxy.app.clientenv import ensure_ca
+from meterproxy.app.gateway import Gateway
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 
@@ -50,6 +51,8 @@ class ProxySpec:
     store: str | None = None
     """Storage policy (none, preview, full); None: config.toml's."""
     jsonl: bool = True
+    auth: Sequence[str] = ()
+    """``--auth USER:PASS`` values (with config.toml's ``[proxy.auth]``)."""
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -84,7 +87,8 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
     proxy.addons.add(*addons.default_addons())
     proxy.addons.add(errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
     meter = MeterAddon()
-    proxy.addons.add(meter)
+    gateway = Gateway(meter)
+    proxy.addons.add(gateway, meter)  # the gateway rewrites base-URL requests before the meter sees them
     try:
         opts.update(
             meterproxy_home=str(spec.home.root),
@@ -95,7 +99,9 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
             meterproxy_forward=spec.forward,
             meterproxy_forward_previews=spec.forward_previews,
             meterproxy_jsonl=spec.jsonl,
+            meterproxy_auth=list(spec.auth),
         )
+        gateway.state()  # a bad [base_urls] or credential fails the start
     except exceptions.OptionsError as e:
         raise MeterproxyError(str(e)) from e
 

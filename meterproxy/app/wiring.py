@@ -21,6 +21,7 @@ from meterproxy.budgets.book import BudgetBook
 from meterproxy.budgets.live import LivePublisher
 from meterproxy.config import STORE_POLICIES, Config, Home
 from meterproxy.errors import MeterproxyError
+from meterproxy.ledger import calllog
 from meterproxy.ledger.mirror import JsonlMirror
 from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter.record import Meter
@@ -88,6 +89,8 @@ class Pipeline:
         writer = LedgerWriter(home.ledger, meter)
         if settings.jsonl and config.logs.jsonl:
             writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
+        if calllog.log.isEnabledFor(logging.DEBUG):  # meterproxy start -v
+            writer.after_commit.append(calllog.log_calls)
         sender = attach_outbox(writer, home, forwarding)
         budgets, alerts = attach_budgets(writer, home, config, meter.prices)
         live = LivePublisher(budgets, home.root) if budgets is not None else None
