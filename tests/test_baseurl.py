@@ -15,7 +15,7 @@ import pytest
 
 from meterproxy.app.clientenv import BASE_URL_VARIABLES, base_urls, proxy_url
 from meterproxy.errors import MeterproxyError
-from meterproxy.providers import PROVIDERS
+from meterproxy.providers.registry import PROVIDERS
 from meterproxy.wire.baseurl import BUILTIN_PREFIXES, BaseUrls
 from meterproxy.wire.routes import RouteTable, parse_route
 from tests.fake_upstream import FakeUpstream, Reply

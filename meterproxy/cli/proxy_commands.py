@@ -128,7 +128,7 @@ def _credentials(auth: tuple[str, ...], config: Config) -> Credentials:
 
 def check_routes(specs: tuple[str, ...], config: Config) -> None:
     """The routes (``--route`` and config.toml's) and ``[base_urls]`` are valid: a one-line error otherwise."""
-    from meterproxy.providers import PROVIDERS
+    from meterproxy.providers.registry import PROVIDERS
     from meterproxy.wire.baseurl import BaseUrls
     from meterproxy.wire.routes import RouteTable
 
