@@ -30,6 +30,19 @@ optional)::
     hours = ["09:00-12:00", "14:00-18:00"]
     multiplier = 2
 
+    [models."gpt-5".fees]                  # per-use server tools: USD per 1,000 uses
+    web_search = 10.00
+
+    [models."gpt-5".multipliers.service_tier]   # billing context the response reports:
+    priority = 2                                # every token rate x factor
+    flex = 0.5
+
+    [fees.anthropic]                       # a provider's defaults for all its models (a model's
+    web_search = 10.00                     # own fees and multipliers win, key by key)
+
+    [multipliers.anthropic.inference_geo]
+    us = 1.1
+
 Floats are read as exact decimals (``parse_float=Decimal``), never through binary floats.
 """
 
@@ -79,15 +92,28 @@ class PeakSpec(_Strict):
     multiplier: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
 
 
+Factor = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+Fees = dict[str, Rate]
+"""Tool name -> USD per 1,000 uses."""
+Multipliers = dict[str, dict[str, Factor]]
+"""Context key (``service_tier``, ``inference_geo``, ``endpoint``) -> its value -> factor."""
+
+
 class ModelSpec(PeriodSpec):
     provider: str = Field(min_length=1)
     aliases: list[str] = []
     periods: list[PeriodSpec] = []
     peak: PeakSpec | None = None
+    fees: Fees = {}
+    multipliers: Multipliers = {}
 
 
 class FileSpec(_Strict):
     models: dict[str, ModelSpec] = {}
+    fees: dict[str, Fees] = {}
+    """Provider -> its default per-use fees."""
+    multipliers: dict[str, Multipliers] = {}
+    """Provider -> its default multipliers."""
 
 
 def parse_text(source: str, text: str) -> FileSpec:

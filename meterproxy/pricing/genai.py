@@ -1,0 +1,139 @@
+"""genai-prices (pydantic's price database) as a wide net: the price of a model ``pricing.toml``
+lacks, and its rates for ``meterproxy pricing check --against genai-prices``.
+
+The package (and its thousand-model table) is imported on first use only, on the thread that
+needs it (the ledger writer, a CLI command), never at start-up: a proxy whose models are all in
+``pricing.toml`` never loads it. Its rates are USD per million tokens, like ours.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+from meterproxy.providers.usage import Usage
+
+PACKAGE = "genai-prices"
+PROVIDER_IDS = {
+    "openai": "openai", "anthropic": "anthropic", "gemini": "google", "vertex": "google",
+    "xai": "x-ai", "mistral": "mistral", "deepseek": "deepseek", "groq": "groq", "together": "together",
+    "fireworks": "fireworks", "openrouter": "openrouter", "azure": "azure",
+}
+"""meterproxy's provider names -> genai-prices' provider ids."""
+RATE_KEYS = {
+    "input": "input_mtok", "output": "output_mtok", "cache_read": "cache_read_mtok",
+    "cache_write": "cache_write_mtok", "cache_write_1h": "cache_write_1h_mtok",
+}
+"""Our rate names -> genai-prices' ``ModelPrice`` fields (USD per million tokens)."""
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_missing = False
+
+
+def _load() -> ModuleType | None:
+    """genai_prices, imported once (None when it is not installed)."""
+    global _module, _missing
+    if _module is None and not _missing:
+        with _lock:
+            if _module is None and not _missing:
+                try:
+                    import genai_prices
+                except ImportError:
+                    _missing = True
+                else:
+                    _module = genai_prices
+    return _module
+
+
+def version() -> str | None:
+    """The installed genai-prices version, without importing it."""
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def version_label() -> str:
+    return f"{PACKAGE} {version() or '?'}"
+
+
+@dataclass(frozen=True)
+class Found:
+    """A model as genai-prices knows it."""
+
+    provider: str
+    model: str
+    info: Any
+    """genai_prices.types.ModelInfo."""
+
+    def rates_at(self, when: datetime) -> dict[str, Decimal | None]:
+        """Our rate names -> genai-prices' base rate (USD per million tokens) at ``when``."""
+        prices = self.info.get_prices(when)
+        found: dict[str, Decimal | None] = {}
+        for ours, theirs in RATE_KEYS.items():
+            value = getattr(prices, theirs, None)
+            value = getattr(value, "base", value)  # tiered: the base rate
+            found[ours] = value if isinstance(value, Decimal) else None
+        return found
+
+    def changes(self) -> list[date]:
+        """The dates its prices changed (genai-prices' start-date constraints)."""
+        prices = self.info.prices
+        if not isinstance(prices, list):
+            return []
+        return sorted({c.constraint.start_date for c in prices if hasattr(c.constraint, "start_date")})
+
+
+def find(provider: str, model: str) -> Found | None:
+    """genai-prices' model for a call to ``provider`` naming ``model``; None when it has none."""
+    module = _load()
+    if module is None:
+        return None
+    snapshot = module.data_snapshot.get_snapshot()
+    provider_id = PROVIDER_IDS.get(provider)
+    if provider == "vertex" and model.lower().startswith("claude"):
+        provider_id = "anthropic"  # Claude on Vertex: Anthropic's price list
+    for candidate in ([provider_id] if provider_id else []) + [None]:
+        try:
+            found_provider, info = snapshot.find_provider_model(model, None, candidate, None)
+        except (LookupError, ValueError):
+            continue
+        return Found(found_provider.id, info.id, info)
+    return None
+
+
+def price(provider: str, model: str, when: datetime, usage: Usage) -> tuple[Decimal, str] | None:
+    """The cost of ``usage`` at genai-prices' rates in force at ``when``, and the provenance JSON
+    for the ``rates`` column; None when it does not know the model or cannot price the usage."""
+    found = find(provider, model)
+    module = _module
+    if found is None or module is None:
+        return None
+    counts = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "cache_write_1h_tokens": min(usage.cache_write_1h_tokens, usage.cache_write_tokens),
+    }
+    try:
+        snapshot = module.data_snapshot.get_snapshot()
+        _, info = snapshot.find_provider_model(model, None, found.provider, None)
+        provider_obj = snapshot.find_provider(None, found.provider, None)
+        result = info.calc_price(module.Usage(**{k: v for k, v in counts.items() if v}), provider_obj,
+                                 genai_request_timestamp=when)
+    except Exception:  # an unpriceable mix of counts (audio-only prices...): unpriced, not a crash
+        return None
+    rates = {name: format(value.normalize(), "f") for name, value in found.rates_at(when).items() if value is not None}
+    provenance = {
+        "source": PACKAGE, "version": version(), "model": found.model, "provider": found.provider,
+        "matched": f"{PACKAGE} match of {model}",
+    } | rates
+    return Decimal(result.total_price), json.dumps(provenance)
