@@ -27,7 +27,7 @@ from meterproxy.meter.storage import Storage
 from meterproxy.outbox.receipt import Outbox
 from meterproxy.outbox.sender import Sender
 from meterproxy.outbox.settings import Forwarding
-from meterproxy.pricing.table import PriceTable
+from meterproxy.pricing.reload import PriceFile
 from meterproxy.providers import PROVIDERS
 from meterproxy.redact.engine import Redactor
 from meterproxy.redact.logs import redact_logs
@@ -69,7 +69,8 @@ class Pipeline:
         config = home.load_config()
         routes = RouteTable.build(settings.routes, config.routes, PROVIDERS)
         storage = _storage(settings.store or config.storage.store, config)
-        meter = Meter(PriceTable.load(home.pricing_file), storage)
+        price_file = PriceFile(home.pricing_file)
+        meter = Meter(price_file.table(), storage, price_file)
         upstream_ca = settings.upstream_ca or config.proxy.upstream_ca
         bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
         forwarding = Forwarding.resolve(
@@ -89,6 +90,11 @@ class Pipeline:
         log.info(self.describe())
         if self.sender is not None:
             self.sender.start()
+
+    def reload_prices(self) -> None:
+        """Reload pricing.toml before the next call is priced (SIGHUP)."""
+        if self.writer.meter.price_file is not None:
+            self.writer.meter.price_file.request_reload()
 
     def close(self) -> None:
         """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""

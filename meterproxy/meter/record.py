@@ -15,6 +15,7 @@ from typing import Any
 from meterproxy.meter import tokens
 from meterproxy.meter.storage import Storage
 from meterproxy.money import to_picousd
+from meterproxy.pricing.reload import PriceFile
 from meterproxy.pricing.table import NO_PRICE, Billing, CallCost, PriceTable
 from meterproxy.providers import get_provider
 from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo, decode_request
@@ -40,12 +41,18 @@ class Record:
 class Meter:
     """Builds ledger rows from exchanges with one price table and one storage policy."""
 
-    def __init__(self, prices: PriceTable, storage: Storage | None = None):
+    def __init__(self, prices: PriceTable, storage: Storage | None = None, price_file: PriceFile | None = None):
         self.prices = prices
         self.storage = storage or Storage()
+        self.price_file = price_file
+        """When set, the table is taken from it before each call (it reloads a changed pricing.toml)."""
         self._warned_unpriced: set[str | None] = set()
 
     def record(self, ex: Exchange) -> Record:
+        if self.price_file is not None:
+            prices = self.price_file.table()
+            if prices is not self.prices:
+                self.prices, self._warned_unpriced = prices, set()
         provider = get_provider(ex.provider)
         common = self._common(ex)
         kind = provider.endpoint_kind(ex.method, ex.path)
@@ -133,8 +140,7 @@ class Meter:
         self, ex: Exchange, model: str | None, usage: Usage, usage_source: str, outcome: str,
         provider_cost: Decimal | None, billing: Billing,
     ) -> CallCost:
-        prices = self.prices  # one read: a reload may swap the table between calls, never within one
-        cost = prices.assess(
+        cost = self.prices.assess(
             provider=ex.provider, model=model, usage=usage, usage_source=usage_source, outcome=outcome,
             started_at=at_utc(ex.started_at), provider_cost=provider_cost, billing=billing,
         )
@@ -144,9 +150,13 @@ class Meter:
         return cost
 
 
+STANDARD_CONTEXT = frozenset({"standard", "default", "auto", "global", "not_available"})
+"""Billing-context values that mean "the list price": not kept."""
+
+
 def _billing(ex: Exchange, parsed: ParsedResponse, usage_source: str) -> Billing:
     """What the response says about its bill besides its model's usage (parts of reported usage only)."""
-    context = dict(parsed.price_context)
+    context = {k: v for k, v in parsed.price_context.items() if v not in STANDARD_CONTEXT}
     if ex.provider == "vertex" and "/publishers/anthropic/" in ex.path and ex.host != "aiplatform.googleapis.com":
         context["endpoint"] = "regional"  # Claude on a regional Vertex endpoint, not the global one
     parts = parsed.parts if usage_source == "reported" else {}

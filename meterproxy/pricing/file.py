@@ -80,16 +80,19 @@ class TierSpec(RatesSpec):
     above: int = Field(gt=0)
 
 
-class PeriodSpec(RatesSpec):
-    since: date | datetime | None = None
-    tiers: list[TierSpec] = []
-
-
 class PeakSpec(_Strict):
     utc_offset: str = Field(pattern=r"^[+-]\d{2}:\d{2}$")
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
     hours: list[Annotated[str, Field(pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")]] = Field(min_length=1)
     multiplier: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+
+
+class PeriodSpec(RatesSpec):
+    since: date | datetime | None = None
+    tiers: list[TierSpec] = []
+    peak: PeakSpec | None = None
+    """A period's own time-of-day window (an off-peak discount is a multiplier below 1); the
+    model's ``peak`` applies to every period without one."""
 
 
 Factor = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
@@ -103,7 +106,6 @@ class ModelSpec(PeriodSpec):
     provider: str = Field(min_length=1)
     aliases: list[str] = []
     periods: list[PeriodSpec] = []
-    peak: PeakSpec | None = None
     fees: Fees = {}
     multipliers: Multipliers = {}
 
@@ -175,13 +177,15 @@ def _check_consistency(source: str, text: str, spec: FileSpec) -> None:
             if other is not None:
                 raise field_error(source, text, ("models", name, "aliases", i), f"{alias!r} is already a model")
             names[alias.lower()] = name
-        if model.peak:
-            for i, span in enumerate(model.peak.hours):
+        for loc, period in periods:
+            if period.peak is None:
+                continue
+            for i, span in enumerate(period.peak.hours):
                 start, end = (_minutes(t) for t in span.split("-"))
                 if not 0 <= start < end <= 24 * 60:
-                    raise field_error(source, text, ("models", name, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
-            if abs(_minutes(model.peak.utc_offset[1:])) >= 24 * 60:
-                raise field_error(source, text, ("models", name, "peak", "utc_offset"), "expected +HH:MM within a day")
+                    raise field_error(source, text, (*loc, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
+            if abs(_minutes(period.peak.utc_offset[1:])) >= 24 * 60:
+                raise field_error(source, text, (*loc, "peak", "utc_offset"), "expected +HH:MM within a day")
 
 
 def utc_start(when: date | datetime | None) -> datetime | None:

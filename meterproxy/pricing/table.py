@@ -43,6 +43,7 @@ from meterproxy.pricing.file import (
     Fees,
     ModelSpec,
     Multipliers,
+    PeakSpec,
     PeriodSpec,
     RatesSpec,
     locate,
@@ -129,6 +130,8 @@ class Period:
     since: datetime | None
     rates: Rates
     tiers: tuple[Tier, ...] = ()
+    peak: Peak | None = None
+    """This period's own time-of-day window (else the entry's applies)."""
 
     def tier_for(self, input_tokens: int) -> Tier | None:
         reached = [tier for tier in self.tiers if input_tokens > tier.above]
@@ -354,9 +357,10 @@ class PriceTable:
         period = match.entry.period_at(when)
         tier = period.tier_for(input_tokens)
         rates = tier.rates if tier else period.rates
-        peak = bool(match.entry.peak and match.entry.peak.applies(when))
+        window = period.peak or match.entry.peak
+        peak = bool(window and window.applies(when))
         if peak:
-            rates = rates.times(match.entry.peak.multiplier)  # type: ignore[union-attr]
+            rates = rates.times(window.multiplier)  # type: ignore[union-attr]
         key = (id(match), id(period), id(tier), peak)
         if key not in self._provenance:
             self._provenance[key] = _provenance(match, period, tier, peak, rates)
@@ -502,12 +506,10 @@ def _also(how: str, more: str) -> str:
 
 
 def _entry(name: str, spec: ModelSpec, source: str, text: str) -> Entry:
-    periods = sorted([_period(spec), *map(_period, spec.periods)], key=lambda p: p.since or _BEGINNING)
-    peak = None
-    if spec.peak is not None:
-        offset, days, spans = peak_window(spec.peak)
-        description = f"{', '.join(spec.peak.days)} {', '.join(spec.peak.hours)} UTC{spec.peak.utc_offset}"
-        peak = Peak(offset, days, spans, spec.peak.multiplier, description)
+    # The top-level table's peak is the model's (for every period without its own), not a period's.
+    top = replace(_period(spec), peak=None)
+    periods = sorted([top, *map(_period, spec.periods)], key=lambda p: p.since or _BEGINNING)
+    peak = _peak(spec.peak) if spec.peak is not None else None
     return Entry(
         name=name.lower(),
         provider=spec.provider,
@@ -523,7 +525,13 @@ def _entry(name: str, spec: ModelSpec, source: str, text: str) -> Entry:
 
 def _period(spec: PeriodSpec) -> Period:
     tiers = tuple(sorted((Tier(t.above, Rates.from_spec(t)) for t in spec.tiers), key=lambda t: t.above))
-    return Period(utc_start(spec.since), Rates.from_spec(spec), tiers)
+    return Period(utc_start(spec.since), Rates.from_spec(spec), tiers, _peak(spec.peak) if spec.peak else None)
+
+
+def _peak(spec: PeakSpec) -> Peak:
+    offset, days, spans = peak_window(spec)
+    description = f"{', '.join(spec.days)} {', '.join(spec.hours)} UTC{spec.utc_offset}"
+    return Peak(offset, days, spans, spec.multiplier, description)
 
 
 def _minus(usage: Usage, parts: Any) -> Usage:
@@ -547,6 +555,7 @@ def _version(
                     "since": period.since.isoformat() if period.since else None,
                     "rates": period.rates.as_dict(),
                     "tiers": [[tier.above, tier.rates.as_dict()] for tier in period.tiers],
+                    **({"peak": [period.peak.text, str(period.peak.multiplier)]} if period.peak else {}),
                 }
                 for period in entry.periods
             ],
