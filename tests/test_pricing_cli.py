@@ -155,19 +155,20 @@ def test_pricing_import_reads_litellm_prices_into_the_user_file(home: Path, tmp_
     home.mkdir()
     (home / "pricing.toml").write_text('[models.mine]\nprovider = "openai"\ninput = 1\noutput = 2\n')
     now = clock("2026-12-01T20:00:00Z")
-    result = meterproxy("pricing", "import", str(LITELLM), env={"TZ": "UTC"})
+    # A local zone far from UTC: the import's moment is written in UTC, not as a local date
+    # (which prices read as UTC midnight, hours off).
+    result = meterproxy("pricing", "import", str(LITELLM), env={"TZ": "Pacific/Kiritimati"})
     assert result.returncode == 0, result.stderr
     assert "imported 3 models" in result.stdout
     assert "1 with a price different from the bundled one" in result.stdout  # gpt-4.1-mini
     assert "kept 1 of your own entries: mine" in result.stdout
     assert (home / "pricing.toml.bak").exists()
-    assert "new prices from today for: gpt-4.1-mini" in result.stdout
-    assert "since = 2026-12-01\n" in (home / "pricing.toml").read_text()  # the day of the import
+    assert "new prices from 2026-12-01 20:00:00 UTC for: gpt-4.1-mini" in result.stdout
+    assert "since = 2026-12-01T20:00:00Z\n" in (home / "pricing.toml").read_text()  # the moment of the import
     table = PriceTable.load(home / "pricing.toml")
     assert table.price("openai", "gpt-4.1-mini", now).rates.input == Decimal("0.35")
-    assert table.price("openai", "gpt-4.1-mini", datetime(2026, 12, 1, tzinfo=UTC)).rates.input == Decimal("0.35")
-    day_before = datetime(2026, 11, 30, 23, 59, 59, 999000, tzinfo=UTC)
-    assert table.price("openai", "gpt-4.1-mini", day_before).rates.input == Decimal("0.4")  # the bundled price
+    just_before = datetime(2026, 12, 1, 19, 59, 59, 999000, tzinfo=UTC)
+    assert table.price("openai", "gpt-4.1-mini", just_before).rates.input == Decimal("0.4")  # the bundled price
     assert table.price("openai", "gpt-4.1-mini", datetime(2026, 1, 1, tzinfo=UTC)).rates.input == Decimal("0.4")
     gemini = table.price("gemini", "gemini/gemini-9-pro", now, input_tokens=300_000)
     assert (gemini.rates.input, gemini.rates.output, gemini.rates.reasoning) == (4, 18, 18)

@@ -4,6 +4,7 @@ model is priced, ``import`` LiteLLM's prices) and ``reprice`` (recompute stored 
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 
 import click
@@ -13,9 +14,10 @@ from meterproxy.cli.options import home_option
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.reprice import reprice
+from meterproxy.pricing import genai
 from meterproxy.pricing.litellm import import_litellm
 from meterproxy.pricing.table import BUNDLED, LOCAL_PROVIDERS, PriceTable
-from meterproxy.reports.render import rates_table, reprice_table, unpriced_models_table
+from meterproxy.reports.render import disagreements_table, rates_table, reprice_table, unpriced_models_table
 from meterproxy.times import at_utc, iso_utc
 
 
@@ -27,11 +29,15 @@ def pricing() -> None:
 @pricing.command("check")
 @home_option
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def pricing_check(home: Home, file: Path | None) -> None:
+@click.option("--against", type=click.Choice(["genai-prices"]),
+              help="Also list every rate on which another price database disagrees.")
+def pricing_check(home: Home, file: Path | None, against: str | None) -> None:
     """Validate the price files (or FILE in place of yours) and list ledger models with no price."""
     if file is not None and not file.exists():
         raise MeterproxyError(f"{file}: no such file")
     table = PriceTable.load(file or home.pricing_file)
+    if against == "genai-prices":
+        _check_against_genai(table)
     bundled = PriceTable.load().entries
     for source, count in table.files:
         replaced = [k for k, e in table.entries.items() if e.source == source != BUNDLED and k in bundled]
@@ -54,6 +60,20 @@ def pricing_check(home: Home, file: Path | None) -> None:
         return
     click.echo(f"ledger: {len(missing)} model(s) seen without a price (their calls are unpriced):")
     options.wide_console().print(unpriced_models_table(missing))
+
+
+def _check_against_genai(table: PriceTable) -> None:
+    version = genai.version()
+    if version is None:
+        raise MeterproxyError("genai-prices is not installed (pip install genai-prices)")
+    found, compared, unknown = genai.disagreements(table.entries.values(), options.now().astimezone(UTC))
+    models = len({d.model for d in found})
+    click.echo(
+        f"genai-prices {version}: {compared} of {len(table.entries)} models compared "
+        f"({len(unknown)} unknown to it), {len(found)} rate(s) of {models} model(s) differ"
+    )
+    if found:
+        options.wide_console().print(disagreements_table(found))
 
 
 @pricing.command("show")
@@ -88,7 +108,8 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 def pricing_import(home: Home, file: Path) -> None:
     """Import LiteLLM's model_prices_and_context_window.json into your pricing.toml."""
-    result = import_litellm(file, home.ensure().pricing_file, options.now().astimezone().date())
+    now = options.now().astimezone(UTC)
+    result = import_litellm(file, home.ensure().pricing_file, now)
     click.echo(
         f"imported {len(result.imported):,} models into {home.pricing_file} "
         f"({len(result.changed)} with a price different from the bundled one; "
@@ -96,7 +117,7 @@ def pricing_import(home: Home, file: Path) -> None:
     )
     if result.changed:
         shown = ", ".join(result.changed[:10]) + (", ..." if len(result.changed) > 10 else "")
-        click.echo(f"new prices from today for: {shown}")
+        click.echo(f"new prices from {now:%Y-%m-%d %H:%M:%S} UTC for: {shown}")
     if result.kept:
         click.echo(f"kept {len(result.kept)} of your own entries: {', '.join(result.kept)}")
     if result.backup:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from importlib import metadata
 from types import ModuleType
@@ -137,3 +138,46 @@ def price(provider: str, model: str, when: datetime, usage: Usage) -> tuple[Deci
         "matched": f"{PACKAGE} match of {model}",
     } | rates
     return Decimal(result.total_price), json.dumps(provenance)
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """One rate on which ``pricing.toml`` and genai-prices differ, and since when both have held."""
+
+    model: str
+    theirs_model: str
+    rate: str
+    ours: Decimal
+    theirs: Decimal
+    since: datetime | None
+    """The later of the two prices' start (None: both since the start)."""
+
+
+def disagreements(entries: Iterable[Any], now: datetime) -> tuple[list[Disagreement], int, list[str]]:
+    """Every rate of ``entries`` (price table entries) that genai-prices gives otherwise, in each
+    of our periods: (disagreements, models compared, models genai-prices does not know)."""
+    found: list[Disagreement] = []
+    compared, unknown = 0, []
+    for entry in entries:
+        theirs = find(entry.provider, entry.name)
+        if theirs is None:
+            unknown.append(entry.name)
+            continue
+        compared += 1
+        changes = [datetime.combine(d, time(), tzinfo=UTC) for d in theirs.changes()]
+        periods = list(entry.periods)
+        for i, period in enumerate(periods):
+            # The moment to compare at: the end of our period (or now), so their latest change in it counts.
+            end = periods[i + 1].since if i + 1 < len(periods) else None
+            moment = min(end - timedelta(seconds=1), now) if end is not None else now
+            if period.since is not None and moment < period.since:
+                moment = period.since
+            their_start = max((c for c in changes if c <= moment), default=None)
+            starts = [s for s in (period.since, their_start) if s is not None]
+            window = period.peak or entry.peak  # both sides at the same moment: peak hours included
+            rates = period.rates.times(window.multiplier) if window and window.applies(moment) else period.rates
+            for rate, value in theirs.rates_at(moment).items():
+                ours = getattr(rates, rate)
+                if value is not None and ours.normalize() != value.normalize():
+                    found.append(Disagreement(entry.name, theirs.model, rate, ours, value, max(starts, default=None)))
+    return found, compared, unknown

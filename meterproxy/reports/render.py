@@ -10,13 +10,15 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, time
+from decimal import Decimal
 from typing import Any
 
 from rich.table import Table
 
 from meterproxy.ledger.reprice import ModelChange, RepriceResult
 from meterproxy.money import exact_usd, usd
+from meterproxy.pricing.genai import Disagreement
 from meterproxy.pricing.table import Price, Rates
 from meterproxy.providers.usage import PART_FIELDS, TOKEN_FIELDS, TOKEN_LABELS
 from meterproxy.times import local_time
@@ -221,6 +223,21 @@ def unpriced_models_table(missing: Iterable[Sequence[Any]]) -> Table:
     for provider, name, count, first, last in missing:
         out.add_row(provider or "", name or "(no model name)", f"{count:,}", local_time(first), local_time(last))
     return out
+
+
+def disagreements_table(found: Iterable[Disagreement]) -> Table:
+    """``pricing check --against genai-prices``: rates that differ (USD per 1M tokens)."""
+    out = Table(box=None, pad_edge=False)
+    for name in ("model", "genai-prices model", "rate", "ours", "theirs", "since"):
+        out.add_column(name, justify="right" if name in ("ours", "theirs") else "left")
+    for d in found:
+        since = (f"{d.since:%Y-%m-%d %H:%M}" if d.since.time() != time() else f"{d.since:%Y-%m-%d}") if d.since else "the start"
+        out.add_row(d.model, d.theirs_model, d.rate, _plain_rate(d.ours), _plain_rate(d.theirs), since)
+    return out
+
+
+def _plain_rate(value: Decimal) -> str:
+    return format(value.normalize(), "f")
 
 
 def rates_table(price: Price, at: datetime) -> Table:
