@@ -95,6 +95,7 @@ class Pipeline:
         """Reload pricing.toml before the next call is priced (SIGHUP)."""
         if self.writer.meter.price_file is not None:
             self.writer.meter.price_file.request_reload()
+            log.warning("SIGHUP: pricing.toml is reloaded before the next call is priced")
 
     def close(self) -> None:
         """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""
