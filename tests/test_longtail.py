@@ -266,3 +266,20 @@ def test_report_by_model_gives_the_advisor_its_own_tokens_and_cost(tmp_path: Pat
     by_agent = summarize([db], Query(period, by=("agent", "model")))
     nested = {g["key"]: g["cost_picousd"] for g in by_agent["groups"][0]["groups"]}
     assert nested == {"claude-opus-4-6": usd("0.361005") + usd("0.044415"), "claude-sonnet-4-6": usd("0.0133686")}
+
+
+def test_report_by_day_and_model_in_a_zone_labels_advisor_parts_like_their_calls(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    db = connect(tmp_path / "ledger.db")
+    advisor = meter("anthropic", "/v1/messages", "anthropic/message_advisor.json", when=datetime(2026, 11, 22, 3, tzinfo=UTC))
+    insert_rows(db, "calls", [advisor.row])
+    insert_rows(db, "model_costs", advisor.model_costs)
+    zone = ZoneInfo("America/New_York")  # 03:00 UTC is the evening before in New York
+    period = Period(datetime(2026, 11, 20, tzinfo=zone), datetime(2026, 11, 23, tzinfo=zone), zone, "3 days")
+    for by in (("day", "model"), ("hour", "model")):
+        report = summarize([db], Query(period, by=by))
+        assert len(report["groups"]) == 1, by  # the parts land in the call's own day or hour
+        models = {g["key"]: g["cost_picousd"] for g in report["groups"][0]["groups"]}
+        assert models == {"claude-sonnet-4-6": usd("0.0133686"), "claude-opus-4-6": usd("0.044415")}, by
+    assert report["groups"][0]["key"] == "2026-11-21T22:00-05:00"

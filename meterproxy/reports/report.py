@@ -260,7 +260,10 @@ def _split_models(db: Database, query: Query, into: dict[tuple[str, ...], Sums])
     """Give each model of a call billed at several models' rates (``model_costs``) its own tokens
     and cost, moved from the call's model; the call itself stays counted under its model.
     Filters apply to the call, as everywhere."""
-    labels = [f"c.{key}" if key in ("session", *TIME_KEYS) else rollup.KEYS[key].format(p="c.") for key in query.by]
+    labels = [  # day and hour: labeled below, in the report's zone
+        "NULL" if key in TIME_KEYS else "c.session" if key == "session" else rollup.KEYS[key].format(p="c.")
+        for key in query.by
+    ]
     where, params = query.filters.sql({name: expr.replace("{p}", "c.") for name, expr in _FILTER_LABELS.items()})
     sql = (
         f"SELECT c.started_at, {', '.join(labels)}, m.model, {', '.join(f'm.{t}' for t in TOKEN_FIELDS)}, "
