@@ -9,7 +9,8 @@ price table, as the writer thread does, and checks tokens and cost against the p
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,7 @@ from meterproxy.pricing.table import PriceTable
 from meterproxy.providers.usage import Usage
 from meterproxy.reports.periods import Period
 from meterproxy.reports.report import Query, summarize
+from meterproxy.times import parse_iso
 from meterproxy.wire.exchange import Exchange
 from meterproxy.wire.tap import Body
 
@@ -283,3 +285,31 @@ def test_report_by_day_and_model_in_a_zone_labels_advisor_parts_like_their_calls
         models = {g["key"]: g["cost_picousd"] for g in report["groups"][0]["groups"]}
         assert models == {"claude-sonnet-4-6": usd("0.0133686"), "claude-opus-4-6": usd("0.044415")}, by
     assert report["groups"][0]["key"] == "2026-11-21T22:00-05:00"
+
+
+def test_advisor_call_through_a_real_proxy_is_reported_per_model(
+    home: Path, upstream, start_proxy, monkeypatch, clock,
+) -> None:
+    import anthropic
+
+    from tests.fake_upstream import Reply
+
+    proxy = start_proxy(f"localhost:{upstream.port}=anthropic")
+    for name, value in proxy.client_env("advisor-test").items():
+        monkeypatch.setenv(name, value)
+    upstream.reply(Reply.json((FIXTURES / "anthropic" / "message_advisor.json").read_bytes()))
+    claude = anthropic.Anthropic(api_key="sk-ant-test", base_url=upstream.base_url, max_retries=0)
+    reply = claude.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": "fix it"}])
+    assert reply.usage.output_tokens == 531  # the client got the body as sent
+    [row] = proxy.wait_rows(1)
+    assert row["cost_picousd"] == usd("0.0133686") + usd("0.044415")
+    with sqlite3.connect(proxy.ledger) as conn:  # written in the call's own transaction
+        parts = set(conn.execute("SELECT model, cost_picousd FROM model_costs WHERE call_id = ?", [row["id"]]))
+    assert parts == {
+        ("claude-sonnet-4-6", usd("0.0133686")), ("claude-opus-4-6", usd("0.044415")),
+    }
+    clock(parse_iso(row["started_at"]) + timedelta(minutes=1))  # the proxy stamps calls with the real clock
+    result = proxy.cli("report", "--by", "model", "--json", "--from", "2000-01-01")
+    assert result.returncode == 0, result.stderr
+    groups = {g["key"]: g["cost_usd"] for g in json.loads(result.stdout)["groups"]}
+    assert groups == {"claude-opus-4-6": 0.044415, "claude-sonnet-4-6": 0.0133686}

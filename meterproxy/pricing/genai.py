@@ -8,6 +8,7 @@ needs it (the ledger writer, a CLI command), never at start-up: a proxy whose mo
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Iterable
@@ -53,8 +54,9 @@ def _load() -> ModuleType | None:
     return _module
 
 
+@functools.cache
 def version() -> str | None:
-    """The installed genai-prices version, without importing it."""
+    """The installed genai-prices version, without importing it (read once)."""
     try:
         return metadata.version(PACKAGE)
     except metadata.PackageNotFoundError:
@@ -92,8 +94,10 @@ class Found:
         return sorted({c.constraint.start_date for c in prices if hasattr(c.constraint, "start_date")})
 
 
+@functools.lru_cache(maxsize=4096)
 def find(provider: str, model: str) -> Found | None:
-    """genai-prices' model for a call to ``provider`` naming ``model``; None when it has none."""
+    """genai-prices' model for a call to ``provider`` naming ``model``; None when it has none
+    (remembered either way: a model no one prices costs one search, not one per call)."""
     module = _load()
     if module is None:
         return None
@@ -125,11 +129,9 @@ def price(provider: str, model: str, when: datetime, usage: Usage) -> tuple[Deci
         "cache_write_1h_tokens": min(usage.cache_write_1h_tokens, usage.cache_write_tokens),
     }
     try:
-        snapshot = module.data_snapshot.get_snapshot()
-        _, info = snapshot.find_provider_model(model, None, found.provider, None)
-        provider_obj = snapshot.find_provider(None, found.provider, None)
-        result = info.calc_price(module.Usage(**{k: v for k, v in counts.items() if v}), provider_obj,
-                                 genai_request_timestamp=when)
+        provider_obj = module.data_snapshot.get_snapshot().find_provider(None, found.provider, None)
+        result = found.info.calc_price(module.Usage(**{k: v for k, v in counts.items() if v}), provider_obj,
+                                       genai_request_timestamp=when)
     except Exception:  # an unpriceable mix of counts (audio-only prices...): unpriced, not a crash
         return None
     rates = {name: format(value.normalize(), "f") for name, value in found.rates_at(when).items() if value is not None}
