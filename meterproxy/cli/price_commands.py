@@ -86,6 +86,12 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
     table = PriceTable.load(home.pricing_file)
     at = options.when(when) if when else options.now().astimezone()
     price = table.price(provider.lower(), model, at_utc(at.timestamp()))
+    if price is None and (wide := genai.find(provider.lower(), model)) is not None:
+        rates = {k: format(v.normalize(), "f") for k, v in wide.rates_at(at_utc(at.timestamp())).items() if v is not None}
+        click.echo(f"{model} -> {wide.model} ({wide.provider}) in genai-prices {genai.version()}: not in pricing.toml")
+        click.echo("  USD per 1M tokens: " + ", ".join(f"{k} {v}" for k, v in rates.items()))
+        click.echo(f"  its calls are recorded with cost_source genai-prices; add [models.\"{model}\"] to pricing.toml to set your own")
+        return
     if price is None:
         close = table.suggestions(model)
         hint = f" (close: {', '.join(close)})" if close else ""
@@ -96,9 +102,20 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
     click.echo(f"  defined at: {entry.where}")
     click.echo(f"  pricing version: {table.version}")
     options.wide_console().print(rates_table(price, at))
-    if entry.peak is not None:
-        state = "peak" if price.peak else "off-peak"
-        click.echo(f"peak hours ({entry.peak.text}): every rate x{entry.peak.multiplier}; {at:%Y-%m-%d %H:%M} is {state}")
+    window = price.period.peak or entry.peak
+    if window is not None:
+        state = "inside" if price.peak else "outside"
+        click.echo(f"time-of-day window ({window.text}): every rate x{window.multiplier}; {at:%Y-%m-%d %H:%M} is {state} it")
+    fees = {**table.fees.get(provider.lower(), {}), **table.fees.get(entry.provider, {}), **entry.fees}
+    if fees:
+        click.echo("per-use fees (USD per 1,000 uses): " + ", ".join(f"{k} {v}" for k, v in fees.items()))
+    factors: dict[str, str] = {}  # the model's own first, as in pricing
+    for source in (entry.multipliers, table.multipliers.get(provider.lower(), {}), table.multipliers.get(entry.provider, {})):
+        for key, values in source.items():
+            for value, factor in values.items():
+                factors.setdefault(f"{key}={value}", f"x{factor}")
+    if factors:
+        click.echo("multipliers (when the response reports it): " + ", ".join(f"{k} {v}" for k, v in factors.items()))
     if entry.aliases:
         click.echo(f"aliases: {', '.join(entry.aliases)}")
 

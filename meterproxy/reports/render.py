@@ -231,7 +231,7 @@ def disagreements_table(found: Iterable[Disagreement]) -> Table:
     for name in ("model", "genai-prices model", "rate", "ours", "theirs", "since"):
         out.add_column(name, justify="right" if name in ("ours", "theirs") else "left")
     for d in found:
-        since = (f"{d.since:%Y-%m-%d %H:%M}" if d.since.time() != time() else f"{d.since:%Y-%m-%d}") if d.since else "the start"
+        since = _since_label(d.since) if d.since else "the start"
         out.add_row(d.model, d.theirs_model, d.rate, _plain_rate(d.ours), _plain_rate(d.theirs), since)
     return out
 
@@ -247,11 +247,17 @@ def rates_table(price: Price, at: datetime) -> Table:
     for name in ("input", "output", "cache read", "cache write", "1h write", "reasoning"):
         out.add_column(name, justify="right")
     for period in price.match.entry.periods:
-        label = f"{period.since:%Y-%m-%d}" if period.since else "the start"
+        label = _since_label(period.since) if period.since else "the start"
         out.add_row(label + (" *" if period is price.period else ""), *_rate_cells(period.rates))
         for tier in period.tiers:
             out.add_row(f"  >{tier.above:,} in", *_rate_cells(tier.rates))
+        if period.peak is not None:
+            out.add_row(f"  x{period.peak.multiplier} at times", *[""] * 6)
     return out
+
+
+def _since_label(since: datetime) -> str:
+    return f"{since:%Y-%m-%d}" if since.time() == time() else f"{since:%Y-%m-%d %H:%M}Z"
 
 
 def reprice_table(result: RepriceResult, total: ModelChange, verb: str) -> Table:
