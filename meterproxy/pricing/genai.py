@@ -28,6 +28,8 @@ PROVIDER_IDS = {
     "fireworks": "fireworks", "openrouter": "openrouter", "azure": "azure",
 }
 """meterproxy's provider names -> genai-prices' provider ids."""
+GUESS_NEVER = frozenset({"openai_compatible", "ollama", "lmstudio", "llamacpp", "vllm", "local"})
+"""Providers whose model names say nothing of whose price list applies."""
 RATE_KEYS = {
     "input": "input_mtok", "output": "output_mtok", "cache_read": "cache_read_mtok",
     "cache_write": "cache_write_mtok", "cache_write_1h": "cache_write_1h_mtok",
@@ -105,7 +107,13 @@ def find(provider: str, model: str) -> Found | None:
     provider_id = PROVIDER_IDS.get(provider)
     if provider == "vertex" and model.lower().startswith("claude"):
         provider_id = "anthropic"  # Claude on Vertex: Anthropic's price list
-    for candidate in ([provider_id] if provider_id else []) + [None]:
+    # Another provider's price for the same name is only a fair guess where the name says whose
+    # model it is (OpenRouter's vendor/model) or the provider is not one genai-prices lists; a
+    # custom OpenAI-compatible host may serve anything, so it is never guessed.
+    candidates: list[str | None] = [provider_id] if provider_id else []
+    if (provider_id is None and provider not in GUESS_NEVER) or provider == "openrouter":
+        candidates.append(None)
+    for candidate in candidates:
         try:
             found_provider, info = snapshot.find_provider_model(model, None, candidate, None)
         except (LookupError, ValueError):
