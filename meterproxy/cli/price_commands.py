@@ -55,6 +55,11 @@ def pricing_check(home: Home, file: Path | None, against: str | None) -> None:
         row for row in cursor.fetchall()
         if row[0] not in LOCAL_PROVIDERS and table.lookup(row[0] or "", row[1]) is None
     ]
+    wide = [row for row in missing if row[1] and genai.find(row[0] or "", row[1]) is not None]
+    if wide:
+        names = ", ".join(sorted({row[1] for row in wide}))
+        click.echo(f"ledger: {len(wide)} model(s) priced by genai-prices, not pricing.toml: {names}")
+        missing = [row for row in missing if row not in wide]
     if not missing:
         click.echo("ledger: every model seen has a price")
         return
