@@ -313,3 +313,17 @@ def test_pricing_check_against_genai_prices_lists_disagreements(home: Path, tmp_
     assert ("gpt-4o", "gpt-4o", "input", "9", "2.5") in rows
     assert not any(row[0] == "gpt-4o-mini" for row in rows)
     assert not any(row[:3] == ("gpt-4o", "gpt-4o", "output") for row in rows)
+
+
+def test_pricing_check_names_ledger_models_priced_by_genai_prices_apart(home: Path) -> None:
+    db = connect(home / "ledger.db")
+    insert_rows(db, "calls", [
+        {"id": "a", "started_at": "2026-11-22T10:00:00.000Z", "provider": "openai", "model": "o4-mini-deep-research"},
+        {"id": "b", "started_at": "2026-11-22T10:00:01.000Z", "provider": "openai", "model": "acme-zzz-9"},
+    ])
+    db.close()
+    result = meterproxy("pricing", "check")
+    assert result.returncode == 0, result.stderr
+    assert "ledger: 1 model(s) priced by genai-prices, not pricing.toml: o4-mini-deep-research" in result.stdout
+    assert "ledger: 1 model(s) seen without a price" in result.stdout
+    assert "acme-zzz-9" in result.stdout.split("seen without a price")[1]
