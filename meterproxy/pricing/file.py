@@ -48,6 +48,7 @@ Floats are read as exact decimals (``parse_float=Decimal``), never through binar
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Sequence
@@ -231,6 +232,17 @@ def _split_key(key: str) -> list[str]:
 def locate(text: str, loc: Sequence[str | int]) -> int | None:
     """The 1-based line of the table or key at ``loc`` (a validation error's path), or the
     nearest enclosing one that can be found. Array-of-tables entries are counted in order."""
+    positions = _positions(text)
+    wanted = tuple(loc)
+    for end in range(len(wanted), 0, -1):
+        if wanted[:end] in positions:
+            return positions[wanted[:end]]
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _positions(text: str) -> dict[tuple[str | int, ...], int]:
+    """Every table and key path of a file -> its first line (one pass, kept for the next lookups)."""
     positions: dict[tuple[str | int, ...], int] = {}
     counters: dict[tuple[str | int, ...], int] = {}
     current: tuple[str | int, ...] = ()
@@ -252,11 +264,7 @@ def locate(text: str, loc: Sequence[str | int]) -> int | None:
         assign = _ASSIGN.match(line)
         if assign:
             positions.setdefault((*current, *_split_key(assign.group(1))), number)
-    wanted = tuple(loc)
-    for end in range(len(wanted), 0, -1):
-        if wanted[:end] in positions:
-            return positions[wanted[:end]]
-    return None
+    return positions
 
 
 def _resolve(positions: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> tuple[str | int, ...]:
