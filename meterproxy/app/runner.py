@@ -4,6 +4,7 @@ Process-wide tuning (the GIL switch interval, freezing startup objects out of th
 sight) happens here, in meterproxy's own process only: the addon loaded into a user's own
 ``mitmdump`` changes nothing process-wide.
 
+On SIGHUP the proxy reloads ``pricing.toml`` before it prices the next call.
 On SIGINT/SIGTERM the proxy stops accepting connections, lets calls in flight finish (up to
 ``grace`` seconds), writes every queued record, and returns 0. A second signal stops at once
 (still writing what is queued).
@@ -117,6 +118,8 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
+    if hasattr(signal, "SIGHUP"):  # reload pricing.toml (it is also reloaded when it changes)
+        loop.add_signal_handler(signal.SIGHUP, lambda: meter.pipeline and meter.pipeline.reload_prices())
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     await proxy.run()

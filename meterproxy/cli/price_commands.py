@@ -4,6 +4,7 @@ model is priced, ``import`` LiteLLM's prices) and ``reprice`` (recompute stored 
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 
 import click
@@ -13,9 +14,10 @@ from meterproxy.cli.options import home_option
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.reprice import reprice
+from meterproxy.pricing import genai
 from meterproxy.pricing.litellm import import_litellm
 from meterproxy.pricing.table import BUNDLED, LOCAL_PROVIDERS, PriceTable
-from meterproxy.reports.render import rates_table, reprice_table, unpriced_models_table
+from meterproxy.reports.render import disagreements_table, rates_table, reprice_table, unpriced_models_table
 from meterproxy.times import at_utc, iso_utc
 
 
@@ -27,11 +29,15 @@ def pricing() -> None:
 @pricing.command("check")
 @home_option
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-def pricing_check(home: Home, file: Path | None) -> None:
+@click.option("--against", type=click.Choice(["genai-prices"]),
+              help="Also list every rate on which another price database disagrees.")
+def pricing_check(home: Home, file: Path | None, against: str | None) -> None:
     """Validate the price files (or FILE in place of yours) and list ledger models with no price."""
     if file is not None and not file.exists():
         raise MeterproxyError(f"{file}: no such file")
     table = PriceTable.load(file or home.pricing_file)
+    if against == "genai-prices":
+        _check_against_genai(table)
     bundled = PriceTable.load().entries
     for source, count in table.files:
         replaced = [k for k, e in table.entries.items() if e.source == source != BUNDLED and k in bundled]
@@ -49,11 +55,30 @@ def pricing_check(home: Home, file: Path | None) -> None:
         row for row in cursor.fetchall()
         if row[0] not in LOCAL_PROVIDERS and table.lookup(row[0] or "", row[1]) is None
     ]
+    wide = [row for row in missing if row[1] and genai.find(row[0] or "", row[1]) is not None]
+    if wide:
+        names = ", ".join(sorted({row[1] for row in wide}))
+        click.echo(f"ledger: {len(wide)} model(s) priced by genai-prices, not pricing.toml: {names}")
+        missing = [row for row in missing if row not in wide]
     if not missing:
         click.echo("ledger: every model seen has a price")
         return
     click.echo(f"ledger: {len(missing)} model(s) seen without a price (their calls are unpriced):")
     options.wide_console().print(unpriced_models_table(missing))
+
+
+def _check_against_genai(table: PriceTable) -> None:
+    version = genai.version()
+    if version is None:
+        raise MeterproxyError("genai-prices is not installed (pip install genai-prices)")
+    found, compared, unknown = genai.disagreements(table.entries.values(), options.now().astimezone(UTC))
+    models = len({d.model for d in found})
+    click.echo(
+        f"genai-prices {version}: {compared} of {len(table.entries)} models compared "
+        f"({len(unknown)} unknown to it), {len(found)} rate(s) of {models} model(s) differ"
+    )
+    if found:
+        options.wide_console().print(disagreements_table(found))
 
 
 @pricing.command("show")
@@ -66,6 +91,12 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
     table = PriceTable.load(home.pricing_file)
     at = options.when(when) if when else options.now().astimezone()
     price = table.price(provider.lower(), model, at_utc(at.timestamp()))
+    if price is None and (wide := genai.find(provider.lower(), model)) is not None:
+        rates = {k: format(v.normalize(), "f") for k, v in wide.rates_at(at_utc(at.timestamp())).items() if v is not None}
+        click.echo(f"{model} -> {wide.model} ({wide.provider}) in genai-prices {genai.version()}: not in pricing.toml")
+        click.echo("  USD per 1M tokens: " + ", ".join(f"{k} {v}" for k, v in rates.items()))
+        click.echo(f"  its calls are recorded with cost_source genai-prices; add [models.\"{model}\"] to pricing.toml to set your own")
+        return
     if price is None:
         close = table.suggestions(model)
         hint = f" (close: {', '.join(close)})" if close else ""
@@ -76,9 +107,20 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
     click.echo(f"  defined at: {entry.where}")
     click.echo(f"  pricing version: {table.version}")
     options.wide_console().print(rates_table(price, at))
-    if entry.peak is not None:
-        state = "peak" if price.peak else "off-peak"
-        click.echo(f"peak hours ({entry.peak.text}): every rate x{entry.peak.multiplier}; {at:%Y-%m-%d %H:%M} is {state}")
+    window = price.period.peak or entry.peak
+    if window is not None:
+        state = "inside" if price.peak else "outside"
+        click.echo(f"time-of-day window ({window.text}): every rate x{window.multiplier}; {at:%Y-%m-%d %H:%M} is {state} it")
+    fees = {**table.fees.get(provider.lower(), {}), **table.fees.get(entry.provider, {}), **entry.fees}
+    if fees:
+        click.echo("per-use fees (USD per 1,000 uses): " + ", ".join(f"{k} {v}" for k, v in fees.items()))
+    factors: dict[str, str] = {}  # the model's own first, as in pricing
+    for source in (entry.multipliers, table.multipliers.get(provider.lower(), {}), table.multipliers.get(entry.provider, {})):
+        for key, values in source.items():
+            for value, factor in values.items():
+                factors.setdefault(f"{key}={value}", f"x{factor}")
+    if factors:
+        click.echo("multipliers (when the response reports it): " + ", ".join(f"{k} {v}" for k, v in factors.items()))
     if entry.aliases:
         click.echo(f"aliases: {', '.join(entry.aliases)}")
 
@@ -88,7 +130,8 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 def pricing_import(home: Home, file: Path) -> None:
     """Import LiteLLM's model_prices_and_context_window.json into your pricing.toml."""
-    result = import_litellm(file, home.ensure().pricing_file, options.now().astimezone().date())
+    now = options.now().astimezone(UTC)
+    result = import_litellm(file, home.ensure().pricing_file, now)
     click.echo(
         f"imported {len(result.imported):,} models into {home.pricing_file} "
         f"({len(result.changed)} with a price different from the bundled one; "
@@ -96,7 +139,7 @@ def pricing_import(home: Home, file: Path) -> None:
     )
     if result.changed:
         shown = ", ".join(result.changed[:10]) + (", ..." if len(result.changed) > 10 else "")
-        click.echo(f"new prices from today for: {shown}")
+        click.echo(f"new prices from {now:%Y-%m-%d %H:%M:%S} UTC for: {shown}")
     if result.kept:
         click.echo(f"kept {len(result.kept)} of your own entries: {', '.join(result.kept)}")
     if result.backup:

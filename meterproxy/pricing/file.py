@@ -30,11 +30,25 @@ optional)::
     hours = ["09:00-12:00", "14:00-18:00"]
     multiplier = 2
 
+    [models."gpt-5".fees]                  # per-use server tools: USD per 1,000 uses
+    web_search = 10.00
+
+    [models."gpt-5".multipliers.service_tier]   # billing context the response reports:
+    priority = 2                                # every token rate x factor
+    flex = 0.5
+
+    [fees.anthropic]                       # a provider's defaults for all its models (a model's
+    web_search = 10.00                     # own fees and multipliers win, key by key)
+
+    [multipliers.anthropic.inference_geo]
+    us = 1.1
+
 Floats are read as exact decimals (``parse_float=Decimal``), never through binary floats.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Sequence
@@ -67,11 +81,6 @@ class TierSpec(RatesSpec):
     above: int = Field(gt=0)
 
 
-class PeriodSpec(RatesSpec):
-    since: date | datetime | None = None
-    tiers: list[TierSpec] = []
-
-
 class PeakSpec(_Strict):
     utc_offset: str = Field(pattern=r"^[+-]\d{2}:\d{2}$")
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
@@ -79,15 +88,35 @@ class PeakSpec(_Strict):
     multiplier: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
 
 
+class PeriodSpec(RatesSpec):
+    since: date | datetime | None = None
+    tiers: list[TierSpec] = []
+    peak: PeakSpec | None = None
+    """A period's own time-of-day window (an off-peak discount is a multiplier below 1); the
+    model's ``peak`` applies to every period without one."""
+
+
+Factor = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+Fees = dict[str, Rate]
+"""Tool name -> USD per 1,000 uses."""
+Multipliers = dict[str, dict[str, Factor]]
+"""Context key (``service_tier``, ``inference_geo``, ``endpoint``) -> its value -> factor."""
+
+
 class ModelSpec(PeriodSpec):
     provider: str = Field(min_length=1)
     aliases: list[str] = []
     periods: list[PeriodSpec] = []
-    peak: PeakSpec | None = None
+    fees: Fees = {}
+    multipliers: Multipliers = {}
 
 
 class FileSpec(_Strict):
     models: dict[str, ModelSpec] = {}
+    fees: dict[str, Fees] = {}
+    """Provider -> its default per-use fees."""
+    multipliers: dict[str, Multipliers] = {}
+    """Provider -> its default multipliers."""
 
 
 def parse_text(source: str, text: str) -> FileSpec:
@@ -149,13 +178,15 @@ def _check_consistency(source: str, text: str, spec: FileSpec) -> None:
             if other is not None:
                 raise field_error(source, text, ("models", name, "aliases", i), f"{alias!r} is already a model")
             names[alias.lower()] = name
-        if model.peak:
-            for i, span in enumerate(model.peak.hours):
+        for loc, period in periods:
+            if period.peak is None:
+                continue
+            for i, span in enumerate(period.peak.hours):
                 start, end = (_minutes(t) for t in span.split("-"))
                 if not 0 <= start < end <= 24 * 60:
-                    raise field_error(source, text, ("models", name, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
-            if abs(_minutes(model.peak.utc_offset[1:])) >= 24 * 60:
-                raise field_error(source, text, ("models", name, "peak", "utc_offset"), "expected +HH:MM within a day")
+                    raise field_error(source, text, (*loc, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
+            if abs(_minutes(period.peak.utc_offset[1:])) >= 24 * 60:
+                raise field_error(source, text, (*loc, "peak", "utc_offset"), "expected +HH:MM within a day")
 
 
 def utc_start(when: date | datetime | None) -> datetime | None:
@@ -201,6 +232,17 @@ def _split_key(key: str) -> list[str]:
 def locate(text: str, loc: Sequence[str | int]) -> int | None:
     """The 1-based line of the table or key at ``loc`` (a validation error's path), or the
     nearest enclosing one that can be found. Array-of-tables entries are counted in order."""
+    positions = _positions(text)
+    wanted = tuple(loc)
+    for end in range(len(wanted), 0, -1):
+        if wanted[:end] in positions:
+            return positions[wanted[:end]]
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _positions(text: str) -> dict[tuple[str | int, ...], int]:
+    """Every table and key path of a file -> its first line (one pass, kept for the next lookups)."""
     positions: dict[tuple[str | int, ...], int] = {}
     counters: dict[tuple[str | int, ...], int] = {}
     current: tuple[str | int, ...] = ()
@@ -222,11 +264,7 @@ def locate(text: str, loc: Sequence[str | int]) -> int | None:
         assign = _ASSIGN.match(line)
         if assign:
             positions.setdefault((*current, *_split_key(assign.group(1))), number)
-    wanted = tuple(loc)
-    for end in range(len(wanted), 0, -1):
-        if wanted[:end] in positions:
-            return positions[wanted[:end]]
-    return None
+    return positions
 
 
 def _resolve(positions: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> tuple[str | int, ...]:
