@@ -153,6 +153,7 @@ class MeterAddon:
         for state in self._flows.values():
             self._finish(state)
             state.exchange.error = "proxy shut down before the call finished"
+            state.exchange.abort = "proxy"
             self._submit(state)
         self._flows.clear()
         if self.pipeline is not None:
@@ -250,7 +251,10 @@ class MeterAddon:
             response.stream = True  # unmetered: pass through unbuffered
             return
         headers = response.headers
-        state.tap = ResponseTap.for_response(headers.get("content-type", ""), headers.get("content-encoding", ""))
+        content_type = headers.get("content-type", "")
+        overflow = self.pipeline.counter.watch(state.exchange.provider, state.exchange.path, content_type) if (
+            self.pipeline) else None
+        state.tap = ResponseTap.for_response(content_type, headers.get("content-encoding", ""), overflow)
         response.stream = state.tap
         if state.strip_usage:
             self._strip_usage(state, response)

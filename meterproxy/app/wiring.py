@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import certifi
@@ -24,6 +24,7 @@ from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter import tokens
 from meterproxy.meter.record import Meter
 from meterproxy.meter.storage import Storage
+from meterproxy.meter.streamcount import StreamCounter
 from meterproxy.outbox.receipt import Outbox
 from meterproxy.outbox.sender import Sender
 from meterproxy.outbox.settings import Forwarding
@@ -61,6 +62,8 @@ class Pipeline:
     sender: Sender | None
     upstream_bundle: Path | None
     """Public roots plus the configured upstream CA, for mitmproxy's upstream TLS (None: public roots)."""
+    counter: StreamCounter = field(default_factory=StreamCounter)
+    """Counts the text of long streams as it passes (the middle the response taps drop)."""
 
     @classmethod
     def build(cls, settings: Settings) -> Pipeline:
@@ -93,6 +96,7 @@ class Pipeline:
     def close(self) -> None:
         """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""
         self.writer.close()
+        self.counter.close()
         if self.sender is not None:
             self.sender.stop()
 

@@ -45,6 +45,10 @@ SAFE_FIELDS = frozenset({
 group by them exactly. Every other string column is redacted."""
 
 _COMPRESSOR_LEVEL = 3
+FULL_BODY_CHARS = 8 * 1024 * 1024
+"""Characters of each body stored with ``full``: the strings past them are cut, with a note
+(``[meterproxy: N characters not stored]``), so a 100 MB prompt costs the writer a bounded
+redaction, done in pieces (see :data:`meterproxy.redact.engine.PIECE_CHARS`)."""
 PREVIEW_MARGIN = 16_384
 """Characters redacted past a preview's cut, so a secret that straddles the cut (PEM keys are
 the longest) is still recognized; text beyond that is never shown and never redacted."""
@@ -99,21 +103,29 @@ class Storage:
     ) -> dict[str, Any]:
         # Previews in ``full`` come from the redacted bodies: each finding is counted once.
         content: dict[str, Any] = {}
+        shown = self.preview_chars + PREVIEW_MARGIN
         if self.policy == "full" and request_body:
-            stored = call.json(request) if request is not None else _text(request_body, call)
+            call.budget = FULL_BODY_CHARS
+            try:
+                stored = call.json(request) if request is not None else _text(request_body, call)
+            finally:
+                call.budget = None
             content["request_body"] = _compress(stored)
             user_text = last_user_text(stored)
         else:
-            user_text = call.text(text) if (text := last_user_text(request)) else None
+            user_text = call.text(text[:shown]) if (text := last_user_text(request)) else None
         content["request_preview"] = self._preview(user_text) if user_text else None
 
         if ex.status is None:
             return content | {"response_preview": None}
         content_type = ex.response_headers.get("content-type", "")
         body = ex.body()
-        shown = self.preview_chars + PREVIEW_MARGIN
         if self.policy == "full":
-            response, text = _stored_response(body, content_type, call)
+            call.budget = FULL_BODY_CHARS
+            try:
+                response, text = _stored_response(body, content_type, call)
+            finally:
+                call.budget = None
             content["response_body"] = _compress(response) if body.size else None
         else:
             text = _response_text(body, content_type, call, shown)

@@ -1,14 +1,16 @@
 """Token estimates for calls whose response reports no usage (or only part of it).
 
-Counting runs on the writer thread, never on the proxy's event loop. The tiktoken encodings
-load once, in a background thread started with the proxy (:func:`preload`); the first estimate
-waits for them at most ``LOAD_WAIT`` seconds. When an encoding cannot be loaded (offline with no
-``TIKTOKEN_CACHE_DIR``), estimates fall back to a character heuristic and say so:
+Counting runs on the writer thread (and the stream counter's), never on the proxy's event
+loop. The tiktoken encodings load once, in a background thread started with the proxy
+(:func:`preload`); the first estimate waits for them at most ``LOAD_WAIT`` seconds, later ones
+never wait. When an encoding cannot be loaded (offline with no ``TIKTOKEN_CACHE_DIR``), or
+tiktoken fails on a text, estimates fall back to a character heuristic and say so:
 
 - OpenAI models use their own encoding (``o200k_base`` for gpt-4o, gpt-4.1, gpt-5, o-series;
   ``cl100k_base`` for gpt-4, gpt-3.5 and the embedding models);
 - every other model uses ``o200k_base`` as the nearest encoding, and the note says so;
-- the heuristic is one token per 4 bytes of UTF-8 text, rounded up.
+- the heuristic is one token per 4 bytes of UTF-8 text, rounded up;
+- at most ``COUNT_LIMIT`` characters per call are counted with tiktoken; the rest is scaled.
 
 Input comes from the request with the chat message formula: the tokens of every prompt string
 (contents, roles, system prompt, tool definitions as JSON), plus 3 per message and 3 to prime
@@ -28,10 +30,13 @@ log = logging.getLogger("meterproxy")
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 NEAREST = "o200k_base"
-LOAD_WAIT = 10.0
+LOAD_WAIT = 2.0
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING = 3
-HEURISTIC = "character heuristic (1 token per 4 UTF-8 bytes)"
+BYTES_PER_TOKEN = 4
+HEURISTIC = f"character heuristic (1 token per {BYTES_PER_TOKEN} UTF-8 bytes)"
+COUNT_LIMIT = 32 * 1024 * 1024
+"""Characters counted with tiktoken per call; a longer text's remainder is scaled from them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +125,32 @@ class Counter:
             self.method = f"tiktoken {name} (nearest encoding for {model or 'an unnamed model'})"
 
     def count(self, texts: list[str]) -> int:
-        if self._encoding is None:
-            return sum(math.ceil(len(t.encode("utf-8", errors="replace")) / 4) for t in texts)
-        return sum(len(self._encoding.encode_ordinary(t)) for t in texts)
+        """Tokens of ``texts``; never raises (a text tiktoken fails on is counted by the heuristic)."""
+        total, budget = 0, COUNT_LIMIT
+        for text in texts:
+            if self._encoding is None or budget <= 0:
+                if self._encoding is not None and "scaled" not in self.method:
+                    self.method += f"; texts past {COUNT_LIMIT} characters sized by the {HEURISTIC}"
+                total += _heuristic(text)
+                continue
+            counted = text[:budget]
+            budget -= len(counted)
+            try:
+                found = len(self._encoding.encode_ordinary(counted))
+            except Exception as e:  # never let a tokenizer problem stop the meter
+                log.warning("tiktoken failed (%s): this count uses the %s", type(e).__name__, HEURISTIC)
+                self._encoding, self.method = None, f"{HEURISTIC}; tiktoken failed"
+                total += _heuristic(text)
+                continue
+            if len(counted) < len(text):  # past the limit: scaled at the rate of what was counted
+                found = round(found * len(text) / len(counted))
+                self.method += f"; texts past {COUNT_LIMIT} characters scaled"
+            total += found
+        return total
+
+
+def _heuristic(text: str) -> int:
+    return math.ceil(len(text.encode("utf-8", errors="replace")) / BYTES_PER_TOKEN)
 
 
 def estimate(prompt: Prompt, output: list[str], model: str | None) -> Estimate:
