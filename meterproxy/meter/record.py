@@ -157,8 +157,9 @@ def _unread(body: Body | None, middle: MiddleCount | None, ex: Exchange) -> _Unr
     if middle is not None:
         notes.append(middle.describe())
         return _Unread(middle.output_tokens, "; ".join(notes))
-    if body is not None and body.truncated:
-        # A JSON body too large to parse whole: what was not parsed is sized.
+    if body is not None and body.truncated and not body.decode_error:
+        # A JSON body too large to parse whole: what was not parsed is sized (not when its
+        # decoding failed or was stopped: then those bytes are no text the model wrote).
         unread = body.size - len(body.head) - len(body.tail)
         notes.append(f"{unread} bytes in the middle of the body sized at {tokens.BYTES_PER_TOKEN} bytes per token")
         return _Unread(-(-unread // tokens.BYTES_PER_TOKEN), "; ".join(notes))

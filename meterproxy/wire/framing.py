@@ -104,7 +104,8 @@ def _sse_events(body: Body) -> Iterator[tuple[str, str]]:
 def _parse_sse(data: bytes) -> Iterator[tuple[str, str]]:
     name, lines = "message", []
     # Only CR, LF and CRLF end SSE lines (str.splitlines would also split on U+2028).
-    for line in _LINE_END.split(data.decode("utf-8", errors="replace")):
+    text = data.decode("utf-8", errors="replace")
+    for line in text.split("\n") if "\r" not in text else _LINE_END.split(text):
         if not line:
             if lines:
                 yield name, "\n".join(lines)

@@ -125,19 +125,25 @@ class _Brotli:
     def __init__(self) -> None:
         self._d = brotli.Decompressor()
         self._input = b""
+        self._output = b""
+        """Decoded past the last read's limit (brotli's limit stops the buffer's growth, not its size)."""
 
     def feed(self, data: bytes) -> None:
         self._input += data
 
     def read(self, limit: int) -> bytes:
+        if not self._output:
+            self._output = self._process(limit)
+        out, self._output = self._output[:limit], self._output[limit:]
+        return out
+
+    def _process(self, limit: int) -> bytes:
         if self._d.is_finished():
             return b""
-        if self._d.can_accept_more_data():
+        data = b""
+        if self._d.can_accept_more_data():  # else it still has output for the input it was given
             data, self._input = self._input, b""
-            if not data:
-                return b""
-            return self._d.process(data, output_buffer_limit=limit)
-        return self._d.process(b"", output_buffer_limit=limit)
+        return self._d.process(data, output_buffer_limit=limit)
 
 
 class _Zstd:
