@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import signal
 import struct
 import threading
@@ -29,7 +28,14 @@ from meterproxy.meter.storage import FULL_BODY_CHARS, read_body
 from meterproxy.meter.streamcount import StreamCounter
 from meterproxy.redact.engine import PIECE_CHARS, Redactor
 from meterproxy.wire import tap as tap_module
-from meterproxy.wire.tap import BOMB_FLOOR, CHUNK_DECODE_LIMIT, HEAD_LIMIT, TAIL_LIMIT, ResponseTap
+from meterproxy.wire.tap import (
+    BOMB_FLOOR,
+    CHUNK_DECODE_LIMIT,
+    HEAD_LIMIT,
+    REQUEST_STREAM_LIMIT,
+    TAIL_LIMIT,
+    ResponseTap,
+)
 from tests.fake_upstream import Reply
 
 try:
@@ -292,11 +298,11 @@ def test_a_200_mb_json_body_with_usage_at_its_end(upstream, start_proxy) -> None
     assert "usage read from the end of a JSON body" in row["usage_note"]
 
 
-def test_a_large_prompt_is_forwarded_unchanged_and_stored_cut_and_redacted(upstream, start_proxy) -> None:
+def test_a_large_prompt_is_streamed_upstream_unchanged_and_stored_cut_and_redacted(upstream, start_proxy) -> None:
     proxy = start_proxy(f"localhost:{upstream.port}=openai", extra_args=("--store", "full"))
     prompt = f"my key is {SECRET}\n" + "".join(t for t, _ in zip(words(5), range(650_000)))
-    assert len(prompt) > FULL_BODY_CHARS + MIB
     request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]}).encode()
+    assert len(request) > REQUEST_STREAM_LIMIT + MIB
     reply = json.dumps({"id": "chatcmpl-1", "model": "gpt-4o-2024-08-06", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "ok"}}],
         "usage": {"prompt_tokens": 4_000_000, "completion_tokens": 1}}).encode()
@@ -305,13 +311,26 @@ def test_a_large_prompt_is_forwarded_unchanged_and_stored_cut_and_redacted(upstr
     assert raw == reply and upstream.received[0].body == request
     (row,) = proxy.wait_rows(1, timeout=60)
     assert row["usage_source"] == "reported" and row["input_tokens"] == 4_000_000
+    assert row["request_model"] == "gpt-4o" and row["request_bytes"] == len(request)
+    # Too large to parse: its first FULL_BODY_CHARS bytes are stored as text, redacted, with a note.
     stored = read_body(row["request_body"]).decode()
     assert SECRET not in stored and "[REDACTED:openai_key]" in stored
-    # Cut at FULL_BODY_CHARS characters (the keys and the model name count too), with a note.
-    (not_stored,) = re.findall(r"\[meterproxy: (\d+) characters not stored\]", stored)
-    assert len(prompt) - FULL_BODY_CHARS < int(not_stored) < len(prompt) - FULL_BODY_CHARS + 100
-    assert len(json.loads(stored)["messages"][0]["content"]) < FULL_BODY_CHARS + 100
-    assert SECRET not in row["request_preview"] and len(row["request_preview"]) <= 1000
+    assert stored.endswith(f"[meterproxy: {len(request) - FULL_BODY_CHARS} bytes not stored]")
+    assert len(stored) < FULL_BODY_CHARS + 100
+    assert row["request_preview"] is None
+
+
+def test_a_large_prompt_without_usage_is_sized(upstream, start_proxy) -> None:
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    request = json.dumps({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "".join(t for t, _ in zip(words(6), range(650_000)))}]}).encode()
+    reply = json.dumps({"id": "chatcmpl-2", "model": "gpt-4o-2024-08-06", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "fine"}}]}).encode()
+    upstream.reply(Reply.json(reply))
+    assert post(proxy, upstream, request)[1] == reply
+    (row,) = proxy.wait_rows(1, timeout=60)
+    assert row["usage_source"] == "estimated" and row["input_tokens"] >= len(request) // 4
+    assert f"a request body of {len(request)} bytes, too large to parse" in row["usage_note"]
 
 
 def test_a_call_cut_by_the_shutdown_is_estimated_from_what_was_received(upstream, start_proxy) -> None:

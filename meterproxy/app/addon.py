@@ -41,7 +41,7 @@ from meterproxy.wire.headers import (
     joined,
     kept,
 )
-from meterproxy.wire.tap import ResponseTap
+from meterproxy.wire.tap import RequestTap, ResponseTap
 
 log = logging.getLogger("meterproxy")
 
@@ -69,6 +69,7 @@ class _Flow:
     exchange: Exchange
     client: _Client
     tap: ResponseTap | None = None
+    request_tap: RequestTap | None = None
     strip_usage: bool = False
     """``--inject-stream-usage`` changed the request: remove what it adds from the response."""
 
@@ -206,7 +207,10 @@ class MeterAddon:
         if client.process is None and peer and sock and is_loopback(str(peer[0])):
             # Looked up once per connection, at its first metered request, off the event loop.
             client.process = self._lookups.submit(client_process_name, peer[1], sock[1])
-        self._flows[flow.id] = _Flow(flow, exchange, client)
+        self._flows[flow.id] = state = _Flow(flow, exchange, client)
+        state.request_tap = RequestTap.for_request(request.headers.get("content-length"))
+        if state.request_tap is not None:  # a huge body: streamed upstream as it comes, a bounded copy kept
+            request.stream = state.request_tap
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = self._flows.get(flow.id)
@@ -228,6 +232,8 @@ class MeterAddon:
         ex.secrets = credentials(found, query)
         ex.request_body = flow.request.raw_content or b""
         ex.request_bytes = len(ex.request_body)
+        if state.request_tap is not None:
+            ex.request_body, ex.request_bytes = state.request_tap.kept()
         if self.inject_stream_usage:
             self._inject_stream_usage(state)
 

@@ -17,7 +17,7 @@ from meterproxy.meter.storage import Storage
 from meterproxy.meter.streamcount import MiddleCount, merge_usage
 from meterproxy.pricing.table import NO_PRICE, PriceTable
 from meterproxy.providers import get_provider
-from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo, decode_request
+from meterproxy.providers.base import EndpointKind, LargeRequest, ParsedResponse, RequestInfo, decode_request
 from meterproxy.providers.usage import Usage, UsageSource
 from meterproxy.times import at_utc, iso_utc
 from meterproxy.wire.exchange import Exchange
@@ -53,8 +53,10 @@ class Meter:
             return Record("api_calls", self.storage.finish("api_calls", common, ex))
 
         request_body = _request_body(ex)
-        request_json = decode_request(request_body)
+        request_json = decode_request(request_body, ex.request_bytes if request_body is ex.request_body else None)
         request = provider.parse_request(ex.path, request_json if isinstance(request_json, dict) else {})
+        if isinstance(request_json, LargeRequest):
+            request.prompt.unparsed_bytes = request_json.size
         middle: MiddleCount | None = None
         if ex.status is not None:
             body = ex.body()
@@ -180,7 +182,10 @@ def _usage(
     reported = parsed.usage
     if reported is not None and parsed.usage_final:
         return reported, "reported", _joined(parsed.note, unread.note if outcome != "ok" else None)
-    if kind == "unknown" or outcome == "error" or not (request.prompt.texts or parsed.output_text or unread.tokens):
+    prompt = request.prompt
+    if kind == "unknown" or outcome == "error" or not (
+        prompt.texts or prompt.unparsed_bytes or parsed.output_text or unread.tokens
+    ):
         if reported is not None:
             return reported, "reported", "partial usage: the stream ended before its final usage"
         note = _joined(parsed.note or "no usage reported", unread.note)

@@ -25,7 +25,7 @@ import zstandard
 
 from meterproxy.config import DEFAULT_PREVIEW_CHARS, StorePolicy
 from meterproxy.meter.content import last_user_text, response_slots, stream_slots
-from meterproxy.providers.base import ParsedResponse
+from meterproxy.providers.base import LargeRequest, ParsedResponse
 from meterproxy.redact.call import CallRedaction, TextCache
 from meterproxy.redact.engine import Redactor
 from meterproxy.redact.rule import PLACEHOLDER
@@ -104,10 +104,16 @@ class Storage:
         # Previews in ``full`` come from the redacted bodies: each finding is counted once.
         content: dict[str, Any] = {}
         shown = self.preview_chars + PREVIEW_MARGIN
+        not_stored = 0
+        if isinstance(request, LargeRequest):  # too large to parse: stored as text, cut
+            not_stored = max(request.size - FULL_BODY_CHARS, 0)
+            request, request_body = None, request_body[:FULL_BODY_CHARS]
         if self.policy == "full" and request_body:
             call.budget = FULL_BODY_CHARS
             try:
                 stored = call.json(request) if request is not None else _text(request_body, call)
+                if not_stored:
+                    stored += f"[meterproxy: {not_stored} bytes not stored]"
             finally:
                 call.budget = None
             content["request_body"] = _compress(stored)

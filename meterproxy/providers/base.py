@@ -64,6 +64,8 @@ class Prompt:
     texts: list[str] = field(default_factory=list)
     messages: int = 0
     media: int = 0
+    unparsed_bytes: int = 0
+    """Bytes of a request body too large to parse (:class:`LargeRequest`): sized, not read."""
 
     def message(self, value: Any) -> None:
         """Add one chat message (or system prompt)."""
@@ -156,8 +158,34 @@ class Provider(Protocol):
         ...
 
 
-def decode_request(body: bytes) -> Any:
-    """A request body's JSON value, or None when it is not JSON (decoded once per call, by the meter)."""
+REQUEST_PARSE_LIMIT = 8 * 1024 * 1024
+"""Request bodies larger than this are not parsed: ``json.loads`` holds the GIL from start to
+end (seconds for 100 MB of escaped text), which would stall the proxy's event loop."""
+_REQUEST_LABELS = re.compile(rb'"(model|stream)"\s*:\s*("(?:[^"\\]|\\.){0,1000}"|true|false)')
+
+
+class LargeRequest(dict):
+    """What is read of a request body too large to parse: ``model`` and ``stream`` found by a
+    scan of its first and last 64 KiB (never inside a string: quotes there are escaped)."""
+
+    def __init__(self, body: bytes, size: int):
+        super().__init__()
+        self.size = size
+        """The body's size (``body`` may be only its first and last bytes)."""
+        for name, value in _REQUEST_LABELS.findall(body[:_LABEL_SCAN]) + _REQUEST_LABELS.findall(body[-_LABEL_SCAN:]):
+            try:
+                self.setdefault(name.decode(), json.loads(value))
+            except ValueError:
+                pass
+
+
+def decode_request(body: bytes, size: int | None = None) -> Any:
+    """A request body's JSON value, or None when it is not JSON (decoded once per call, by the
+    meter); a :class:`LargeRequest` when it is too large to parse. ``size``: the body's real
+    size, when ``body`` holds only its first and last bytes (a streamed request)."""
+    size = max(size or 0, len(body))
+    if size > REQUEST_PARSE_LIMIT or size > len(body):
+        return LargeRequest(body, size)
     if not body.strip():
         return None
     try:

@@ -36,11 +36,12 @@ class _Span:
 
 
 _MAX_PASSES = 4
-PIECE_CHARS = 32 * 1024
+PIECE_CHARS = 16 * 1024
 """The longest text one search reads. A regex search holds the GIL from start to end, so
 longer texts are redacted in pieces of about this size (a few milliseconds each), cut at a line
 break (never inside a PEM block), and the proxy's event loop gets the GIL between pieces."""
-_CUT_SEARCH = 8 * 1024
+_CUT_SEARCH = 4 * 1024
+_PEM_MAX = 24 * 1024
 _PEM_BEGIN = "-----BEGIN"
 
 
@@ -155,8 +156,11 @@ def _cut(text: str) -> list[str]:
         end = text.rfind("\n", limit - _CUT_SEARCH, limit) + 1 or text.rfind(" ", limit - _CUT_SEARCH, limit) + 1
         end = end if end > start else limit
         begin = text.rfind(_PEM_BEGIN, start, end)
-        if begin > start and text.find("-----END", begin, end) < 0:
-            end = begin  # a PEM block that the cut would split goes whole into the next part
+        if begin >= 0 and text.find("-----END", begin, end) < 0:
+            if begin > start:
+                end = begin  # a PEM block that the cut would split goes whole into the next part
+            elif (close := text.find("-----END", begin, begin + _PEM_MAX)) >= 0:
+                end = text.find("\n", close) + 1 or len(text)  # a block longer than a part: one part
         parts.append(text[start:end])
         start = end
     parts.append(text[start:])

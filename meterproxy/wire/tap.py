@@ -44,6 +44,11 @@ BOMB_RATIO = 200
 """Decoding stops when a body's decoded size passes both ``BOMB_FLOOR`` bytes and
 ``BOMB_RATIO`` times its size on the wire (text compresses 5-20 times; a bomb a million)."""
 
+REQUEST_STREAM_LIMIT = 8 * 1024 * 1024
+"""Request bodies announced larger than this are streamed to the provider, not buffered whole."""
+REQUEST_HEAD_LIMIT = 8 * 1024 * 1024
+REQUEST_TAIL_LIMIT = 64 * 1024
+
 StreamKind = Literal["sse", "ndjson"]
 
 
@@ -337,3 +342,31 @@ class ResponseTap:
             decode_error=self.decode_error,
             overflow=self.overflow if self._dropped_any else None,
         )
+
+
+class RequestTap:
+    """A ``flow.request.stream`` callable for a huge request body: each chunk goes on to the
+    provider as it comes (mitmproxy then never holds the body whole) and the tap keeps its first
+    ``REQUEST_HEAD_LIMIT`` and last ``REQUEST_TAIL_LIMIT`` bytes, as sent (not decoded)."""
+
+    __slots__ = ("_tap",)
+
+    @classmethod
+    def for_request(cls, content_length: str | None) -> RequestTap | None:
+        """A tap when the announced body is larger than ``REQUEST_STREAM_LIMIT``, else None."""
+        try:
+            size = int(content_length or 0)
+        except ValueError:
+            return None
+        return cls() if size > REQUEST_STREAM_LIMIT else None
+
+    def __init__(self) -> None:
+        self._tap = ResponseTap(head_limit=REQUEST_HEAD_LIMIT, tail_limit=REQUEST_TAIL_LIMIT)
+
+    def __call__(self, chunk: bytes) -> bytes:
+        return self._tap(chunk)
+
+    def kept(self) -> tuple[bytes, int]:
+        """The kept bytes (head and tail joined; the whole body when it was small) and the body's size."""
+        body = self._tap.body()
+        return body.head + body.tail, self._tap.wire_bytes
