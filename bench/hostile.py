@@ -1,6 +1,6 @@
 """Hostile and huge bodies through a real proxy: its memory and a concurrent client's latency.
 
-Starts a real ``meterproxy start`` (``--store full``, the costliest policy) and two local HTTPS
+Starts a real ``meterproxy start`` (``--store full`` by default, the costliest policy) and two local HTTPS
 stand-in providers (tests/fake_upstream.py): one answers a probe client that sends small JSON
 calls one after another all the time; the other serves each case in turn:
 
@@ -11,7 +11,7 @@ calls one after another all the time; the other serves each case in turn:
 For each case it prints the proxy's RSS growth (peak during the case, sampled every 20 ms from
 /proc, minus the RSS before it), the probe's p50 / p99 latency during the case next to its
 baseline, and how the call was recorded. Run: ``python -m bench.hostile`` (about a minute; the
-numbers are noisy on a shared machine). ``--only NAME`` runs one case.
+numbers are noisy on a shared machine). ``--only NAME`` runs one case, ``--store`` sets the policy.
 """
 
 from __future__ import annotations
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="run only the cases whose name contains this")
     parser.add_argument("--baseline", type=float, default=5.0, help="seconds of probe calls alone")
+    parser.add_argument("--store", default="full", choices=["none", "preview", "full"], help="the proxy's --store")
     args = parser.parse_args(argv)
     ca = trustme.CA()
     with tempfile.TemporaryDirectory() as tmp, FakeUpstream(ca) as probe_upstream, FakeUpstream(ca) as hostile:
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy = ProxyProcess(Path(tmp) / "home", [f"localhost:{probe_upstream.port}=openai",
                                                   f"127.0.0.1:{hostile.port}=openai",
                                                   f"localhost:{hostile.port}=openai"],
-                             ca_file, ["--store", "full"]).wait_ready()
+                             ca_file, ["--store", args.store]).wait_ready()
         probe = Probe(proxy, probe_upstream).start()
         try:
             time.sleep(1.0)

@@ -49,6 +49,8 @@ FULL_BODY_CHARS = 8 * 1024 * 1024
 """Characters of each body stored with ``full``: the strings past them are cut, with a note
 (``[meterproxy: N characters not stored]``), so a 100 MB prompt costs the writer a bounded
 redaction, done in pieces (see :data:`meterproxy.redact.engine.PIECE_CHARS`)."""
+DECODE_ERROR_SAMPLE = 4096
+"""Decoded bytes stored of a body whose decoding failed or was stopped (a compression bomb)."""
 PREVIEW_MARGIN = 16_384
 """Characters redacted past a preview's cut, so a secret that straddles the cut (PEM keys are
 the longest) is still recognized; text beyond that is never shown and never redacted."""
@@ -219,6 +221,9 @@ def _stored_response(body: Body, content_type: str, call: CallRedaction) -> tupl
     The text deltas of a stream are redacted together first, so a secret split across events
     is still found; then every string of every event is redacted on its own.
     """
+    if body.decode_error:  # not what it claims to be (a bomb, a corrupt body): a sample only
+        sample = body.head[:DECODE_ERROR_SAMPLE]
+        return f"[meterproxy: {body.decode_error}; its first {len(sample)} decoded bytes]\n{_text(sample, call)}", ""
     events = _events(body, content_type)
     if events is None:
         data = body.complete_bytes

@@ -39,7 +39,7 @@ DECODE_STEP = 256 * 1024
 """Decoded bytes produced by one decompressor call."""
 CHUNK_DECODE_LIMIT = 256 * 1024
 """Decoded bytes produced per chunk on the event loop; the rest waits in the decoder."""
-BOMB_FLOOR = 64 * 1024 * 1024
+BOMB_FLOOR = 16 * 1024 * 1024
 BOMB_RATIO = 200
 """Decoding stops when a body's decoded size passes both ``BOMB_FLOOR`` bytes and
 ``BOMB_RATIO`` times its size on the wire (text compresses 5-20 times; a bomb a million)."""
