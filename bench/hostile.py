@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO.parent / "shared" / "tiktoken-cache"))
 
 from tests.fake_upstream import FakeUpstream, Reply  # noqa: E402
+from tests.hostile_bodies import GIB, MIB, long_stream, make_bombs, words  # noqa: E402
 from tests.proxy_process import ProxyProcess  # noqa: E402
-from tests.test_hostile import GIB, MIB, long_stream, make_bombs, words  # noqa: E402
 
 SAMPLE = 0.02
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import signal
-import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 
 import brotli
 import httpx
@@ -37,14 +34,13 @@ from meterproxy.wire.tap import (
     ResponseTap,
 )
 from tests.fake_upstream import Reply
+from tests.hostile_bodies import GIB, MIB, chat_chunk, long_stream, make_bombs, words
 
 try:
     from compression import zstd
 except ImportError:
     from backports import zstd
 
-GIB = 1 << 30
-MIB = 1 << 20
 API_KEY = "sk-proj-TESTKEYdoNotStore0123456789abcdefABCDEF"
 SECRET = "sk-proj-" + "Zq9" * 16 + "Xw7Vu6"
 
@@ -56,72 +52,9 @@ def o200k_tokens(text: str) -> int:
 # --- bodies ---------------------------------------------------------------------------------
 
 
-def _compress(make, size: int) -> bytes:
-    zeros = b"\0" * MIB
-    compressor = make()
-    out = [compressor.process(zeros) if hasattr(compressor, "process") else compressor.compress(zeros)
-           for _ in range(size // MIB)]
-    out.append(compressor.finish() if hasattr(compressor, "finish") else compressor.flush())
-    return b"".join(out)
-
-
-def gzip_bomb(size: int) -> bytes:
-    """gzip of ``size`` zeros, built from one compressed MiB repeated (full flushes make the
-    blocks independent), so it takes milliseconds instead of seconds."""
-    zeros = b"\0" * MIB
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
-    again = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
-    crc = 0
-    for _ in range(size // MIB):
-        crc = zlib.crc32(zeros, crc)
-    body = block + again * (size // MIB - 1) + deflate.flush()
-    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + body + struct.pack("<II", crc, size & 0xFFFFFFFF)
-
-
-def make_bombs(size: int = GIB) -> dict[str, bytes]:
-    """Bodies of a few KB (brotli, zstd) to 1 MB (gzip) that each decode to ``size`` zeros."""
-    return {
-        "br": _compress(lambda: brotli.Compressor(quality=5), size),
-        "zstd": _compress(zstd.ZstdCompressor, size),
-        "gzip": gzip_bomb(size),
-    }
-
-
 @pytest.fixture(scope="module")
 def bombs() -> dict[str, bytes]:
     return make_bombs()
-
-
-def words(seed: int) -> Iterator[str]:
-    """Endless varied English-like text (random words, punctuation, digits, non-ASCII)."""
-    rng = random.Random(seed)
-    vocabulary = ["the", "model", "token", "stream", "über", "naïve", "東京", "42", "x=y+1;", "def", "return",
-                  "proxy", "metered", "calls", "\n", "—", "emoji 🎉", "(a, b)", "JSON", "usage"]
-    while True:
-        yield " ".join(rng.choices(vocabulary, k=rng.randint(1, 6))) + rng.choice([" ", ". ", ", ", "\n"])
-
-
-def chat_chunk(content: str, **extra) -> bytes:
-    chunk = {"id": "chatcmpl-big", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-2024-08-06",
-             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]} | extra
-    return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
-
-
-def long_stream(size: int, seed: int = 7) -> tuple[list[bytes], str]:
-    """An OpenAI chat stream of about ``size`` bytes without usage, and the text it carries."""
-    events, texts, total = [], [], 0
-    for text in words(seed):
-        event = chat_chunk(text)
-        events.append(event)
-        texts.append(text)
-        total += len(event)
-        if total >= size:
-            break
-    events.append(b'data: {"id":"chatcmpl-big","object":"chat.completion.chunk","created":1,'
-                  b'"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
-    events.append(b"data: [DONE]\n\n")
-    return events, "".join(texts)
 
 
 def post(proxy, upstream, body: bytes, path: str = "/v1/chat/completions") -> tuple[httpx.Response, bytes]:
