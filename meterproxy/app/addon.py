@@ -239,8 +239,8 @@ class MeterAddon:
 
     def _inject_stream_usage(self, state: _Flow) -> None:
         request, ex = state.flow.request, state.exchange
-        if request.method != "POST" or "content-encoding" in request.headers:
-            return
+        if request.method != "POST" or "content-encoding" in request.headers or state.request_tap is not None:
+            return  # a streamed (huge) request body was sent as it came: it cannot be changed
         if not PROVIDERS[ex.provider].stream_usage_path(ex.path):
             return
         body = streamusage.inject(ex.request_body)
