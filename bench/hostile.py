@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import sqlite3
+import ssl
 import sys
 import tempfile
 import threading
@@ -43,6 +44,10 @@ from tests.proxy_process import ProxyProcess  # noqa: E402
 SAMPLE = 0.02
 
 
+def proxy_ca(proxy: ProxyProcess) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(proxy.home / "certs" / "ca-bundle.pem"))
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -56,7 +61,7 @@ class Probe:
 
     def __init__(self, proxy: ProxyProcess, upstream: FakeUpstream):
         self.url = f"{upstream.base_url}/v1/chat/completions"
-        self.client = httpx.Client(proxy=proxy.url, verify=str(proxy.home / "certs" / "ca-bundle.pem"), timeout=60)
+        self.client = httpx.Client(proxy=proxy.url, verify=proxy_ca(proxy), timeout=60)
         self.body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "ping"}]}).encode()
         self.latencies: list[tuple[float, float]] = []
         self._stop = threading.Event()
@@ -98,7 +103,8 @@ def p(values: list[float], q: float) -> float:
 
 
 def small_request(stream: bool = False) -> bytes:
-    return json.dumps({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": "Hello"}]}).encode()
+    messages = [{"role": "user", "content": "Hello"}]
+    return json.dumps({"model": "gpt-4o", "stream": stream, "messages": messages}).encode()
 
 
 def prompt_request(size: int) -> bytes:
@@ -168,8 +174,7 @@ def run_case(case: Case, proxy: ProxyProcess, hostile: FakeUpstream, probe: Prob
     received = [0]
 
     def send() -> None:
-        verify = str(proxy.home / "certs" / "ca-bundle.pem")
-        with httpx.Client(proxy=proxy.url, verify=verify, timeout=600) as http:
+        with httpx.Client(proxy=proxy.url, verify=proxy_ca(proxy), timeout=600) as http:
             with http.stream("POST", f"{hostile.base_url}{case.path}", content=request,
                              headers={"authorization": "Bearer sk-hostile", "content-type": "application/json"}) as r:
                 for data in r.iter_raw():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import ssl
 import threading
 import time
 import zlib
@@ -57,17 +58,21 @@ def bombs() -> dict[str, bytes]:
     return make_bombs()
 
 
+def proxy_ca(proxy) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(proxy.home / "certs" / "ca-bundle.pem"))
+
+
 def post(proxy, upstream, body: bytes, path: str = "/v1/chat/completions") -> tuple[httpx.Response, bytes]:
     """POST through the proxy; returns the response and its raw (undecoded) bytes."""
-    verify = str(proxy.home / "certs" / "ca-bundle.pem")
-    with httpx.Client(proxy=proxy.url, verify=verify, timeout=120) as http:
+    with httpx.Client(proxy=proxy.url, verify=proxy_ca(proxy), timeout=120) as http:
         with http.stream("POST", f"{upstream.base_url}{path}", content=body,
                          headers={"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}) as r:
             raw = b"".join(r.iter_raw())
     return r, raw
 
 
-REQUEST = json.dumps({"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Write a lot"}]}).encode()
+REQUEST = json.dumps({"model": "gpt-4o", "stream": True,
+                      "messages": [{"role": "user", "content": "Write a lot"}]}).encode()
 
 
 # --- the tap, in process ---------------------------------------------------------------------
@@ -95,8 +100,8 @@ def test_what_a_chunk_leaves_in_the_decoder_is_decoded_when_the_body_ends(encodi
     body = json.dumps({"choices": [{"message": {"content": text}}], "usage": {"prompt_tokens": 3}}).encode()
     data = body
     for name in [n.strip() for n in encoding.split(",")]:
-        data = {"br": lambda d: brotli.compress(d, quality=5), "zstd": zstd.compress, "gzip": lambda d: zlib.compress(d, wbits=31),
-                "deflate": zlib.compress}[name](data)
+        data = {"br": lambda d: brotli.compress(d, quality=5), "zstd": zstd.compress,
+                "gzip": lambda d: zlib.compress(d, wbits=31), "deflate": zlib.compress}[name](data)
     tap = ResponseTap(encoding)
     tap(data)  # one chunk: at most CHUNK_DECODE_LIMIT decoded on the event loop
     assert tap.decoded_bytes <= CHUNK_DECODE_LIMIT < len(body)
@@ -105,8 +110,9 @@ def test_what_a_chunk_leaves_in_the_decoder_is_decoded_when_the_body_ends(encodi
 
 
 def test_huge_texts_are_redacted_in_pieces_and_findings_at_the_cuts_are_kept() -> None:
-    lines = [" ".join(t for t, _ in zip(words(i), range(8))) for i in range(40_000)]
-    pem = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(["MIIEow" + "A" * 58] * 20) + "\n-----END RSA PRIVATE KEY-----"
+    lines = [" ".join(t for t, _ in zip(words(i), range(8))) for i in range(20_000)]
+    pem = "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(["MIIEow" + "A" * 58] * 20) + \
+        "\n-----END RSA PRIVATE KEY-----"
     text = "\n".join(lines[:2000]) + f"\nkey {SECRET} here\n" + "\n".join(lines[2000:3000]) + "\n" + pem + "\n" + \
         "\n".join(lines[3000:])
     assert len(text) > 20 * PIECE_CHARS
@@ -218,8 +224,7 @@ def test_a_200_mb_json_body_with_usage_at_its_end(upstream, start_proxy) -> None
         sent.add(chunk)
     upstream.reply(Reply(chunks))
     received = _Digest()
-    verify = str(proxy.home / "certs" / "ca-bundle.pem")
-    with httpx.Client(proxy=proxy.url, verify=verify, timeout=300) as http:
+    with httpx.Client(proxy=proxy.url, verify=proxy_ca(proxy), timeout=300) as http:
         with http.stream("POST", f"{upstream.base_url}/v1/chat/completions", content=REQUEST.replace(b"true", b"false"),
                          headers={"authorization": f"Bearer {API_KEY}"}) as response:
             for data in response.iter_raw():

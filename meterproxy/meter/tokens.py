@@ -162,7 +162,8 @@ def estimate(prompt: Prompt, output: list[str], model: str | None) -> Estimate:
     method = counter.method
     if prompt.unparsed_bytes:
         input_tokens += -(-prompt.unparsed_bytes // BYTES_PER_TOKEN)
-        method += f"; a request body of {prompt.unparsed_bytes} bytes, too large to parse, sized at {BYTES_PER_TOKEN} bytes per token"
+        method += (f"; a request body of {prompt.unparsed_bytes} bytes, too large to parse, "
+                   f"sized at {BYTES_PER_TOKEN} bytes per token")
     if prompt.media:
         method += f"; {prompt.media} inline media part(s) not counted"
     return Estimate(input_tokens, counter.count(["".join(output)]), method)
