@@ -149,6 +149,30 @@ def test_the_stream_counter_counts_what_a_tap_drops() -> None:
     assert kept + count.output_tokens == pytest.approx(o200k_tokens(text), rel=0.01)
 
 
+def test_an_event_too_long_to_parse_is_sized_and_the_events_after_it_are_counted(monkeypatch) -> None:
+    monkeypatch.setattr("meterproxy.meter.streamcount.EVENT_LIMIT", 64 * 1024)
+    before, text_before = long_stream(2 * MIB, seed=1)
+    after, text_after = long_stream(2 * MIB, seed=2)
+    huge = chat_chunk("x " * 200_000)
+    counter = StreamCounter()
+    middle = counter.watch("openai", "/v1/chat/completions", "text/event-stream")
+    tap = ResponseTap.for_response("text/event-stream", "", middle)
+    for event in before[:-2] + [huge[i:i + 4096] for i in range(0, len(huge), 4096)] + after:
+        tap(event)
+    body = tap.body()
+    from meterproxy.providers import get_provider
+    parsed = get_provider("openai").parse_response("/v1/chat/completions", body, "text/event-stream")
+    count = middle.result(body)
+    counter.close()
+    assert len(huge) - 3 <= count.estimated_bytes <= len(huge) + 3
+    text_tokens = o200k_tokens(text_before) + o200k_tokens(text_after)
+    counted = o200k_tokens("".join(parsed.output_text)) + count.output_tokens
+    # The text around the huge event is counted; the huge event is sized (at the stream's tokens
+    # per byte), not read, and adds its share.
+    assert counted >= text_tokens * 0.99 and counted > text_tokens
+    assert "sized, not read" in count.describe()
+
+
 # --- through a real proxy ---------------------------------------------------------------------
 
 

@@ -190,23 +190,27 @@ class Middle:
             self._pending += head[last_boundary(head, self.kind):]
         searched = max(len(self._pending) - 3, 0)  # a separator may straddle two drops
         self._pending += data
-        end = last_boundary(self._pending, self.kind, searched)
-        if self._skipping:
+        if self._skipping:  # inside an event too long to parse: sized up to its end
+            end = first_boundary(self._pending, self.kind)  # type: ignore[arg-type]
             if not end:
-                self._sized_bytes += len(self._pending)
-                self._pending.clear()
+                self._skip(len(self._pending) - 3)
                 return
             self._sized_bytes += end
             del self._pending[:end]
-            self._skipping = False
-        elif end:
+            self._skipping, searched = False, 0
+        end = last_boundary(self._pending, self.kind, searched)
+        if end:
             self._add(bytes(self._pending[:end]))
             del self._pending[:end]
         if len(self._pending) > EVENT_LIMIT:
-            # An event too long to parse: sized, and skipped up to its end.
-            self._sized_bytes += len(self._pending)
-            self._pending.clear()
+            self._skip(len(self._pending) - 3)
             self._skipping = True
+
+    def _skip(self, count: int) -> None:
+        """Size the first ``count`` pending bytes and drop them (the last 3 may start a separator)."""
+        count = max(count, 0)
+        self._sized_bytes += count
+        del self._pending[:count]
 
     def close(self) -> None:
         """The call ended: count the event left open (ended by the tail's first bytes), and the rest."""
