@@ -22,6 +22,7 @@ import os
 import socket
 import sqlite3
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -57,34 +58,61 @@ def rss_mb(pid: int) -> float:
 
 
 class Probe:
-    """A client sending small JSON calls through the proxy, one after another, timing each."""
+    """A client and its stand-in provider in a process of their own (so nothing else of the
+    bench holds their GIL), sending small JSON calls through the proxy one after another and
+    timing each."""
 
-    def __init__(self, proxy: ProxyProcess, upstream: FakeUpstream):
-        self.url = f"{upstream.base_url}/v1/chat/completions"
-        self.client = httpx.Client(proxy=proxy.url, verify=proxy_ca(proxy), timeout=60)
-        self.body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "ping"}]}).encode()
-        self.latencies: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __init__(self, ca: trustme.CA, directory: Path):
+        self.out = directory / "probe.log"
+        self.out.touch()
+        cert, key = directory / "probe-ca.pem", directory / "probe-ca.key"
+        ca.cert_pem.write_to_path(str(cert))
+        ca.private_key_pem.write_to_path(str(key))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.hostile", "--probe-child", str(cert), str(key), str(self.out)],
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            self.client.post(self.url, content=self.body, headers={"authorization": "Bearer sk-probe"})
-            self.latencies.append((started, time.perf_counter() - started))
-            time.sleep(0.005)
-
-    def start(self) -> Probe:
-        self._thread.start()
+    def start(self, proxy: ProxyProcess) -> Probe:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{proxy.url} {proxy.home / 'certs' / 'ca-bundle.pem'}\n")
+        self.process.stdin.flush()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.client.close()
+        self.process.terminate()
+        self.process.wait(10)
 
     def between(self, start: float, end: float) -> list[float]:
-        return [latency for at, latency in self.latencies if start <= at <= end]
+        latencies = []
+        for line in self.out.read_text().splitlines():
+            at, _, latency = line.partition(" ")
+            if latency and start <= float(at) <= end:
+                latencies.append(float(latency))
+        return latencies
+
+
+def probe_child(ca_cert: str, ca_key: str, out: str) -> None:
+    """The probe's process: a stand-in provider, then small calls through the proxy until
+    terminated, one line per call (its start time and latency, in seconds)."""
+    ca = trustme.CA.from_pem(Path(ca_cert).read_bytes(), Path(ca_key).read_bytes())
+    with FakeUpstream(ca) as upstream:
+        upstream.server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        upstream.reply(*[Reply.json(SMALL_REPLY)] * 200_000)
+        print(upstream.port, flush=True)
+        proxy_url, proxy_ca_file = sys.stdin.readline().split()
+        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "ping"}]}).encode()
+        verify = ssl.create_default_context(cafile=proxy_ca_file)
+        url = f"{upstream.base_url}/v1/chat/completions"
+        with httpx.Client(proxy=proxy_url, verify=verify, timeout=60) as client, open(out, "a") as log:
+            while True:
+                started = time.time()
+                client.post(url, content=body, headers={"authorization": "Bearer sk-probe"})
+                log.write(f"{started} {time.time() - started}\n")
+                log.flush()
+                time.sleep(0.005)
 
 
 @dataclass
@@ -169,7 +197,7 @@ def run_case(case: Case, proxy: ProxyProcess, hostile: FakeUpstream, probe: Prob
     time.sleep(1.0)
     base_rss = rss_mb(proxy.proc.pid)
     peak = base_rss
-    started = time.perf_counter()
+    started = time.time()
     done = threading.Event()
     received = [0]
 
@@ -185,9 +213,9 @@ def run_case(case: Case, proxy: ProxyProcess, hostile: FakeUpstream, probe: Prob
     while not done.is_set() or len(hostile_rows(proxy, host)) <= rows_before:
         peak = max(peak, rss_mb(proxy.proc.pid))
         time.sleep(SAMPLE)
-        if time.perf_counter() - started > 600:
+        if time.time() - started > 600:
             break
-    ended = time.perf_counter()
+    ended = time.time()
     for _ in range(25):  # what the call left behind, half a second later
         peak = max(peak, rss_mb(proxy.proc.pid))
         time.sleep(SAMPLE)
@@ -207,26 +235,28 @@ def run_case(case: Case, proxy: ProxyProcess, hostile: FakeUpstream, probe: Prob
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="run only the cases whose name contains this")
+    parser.add_argument("--probe-child", nargs=3, metavar=("CA_CERT", "CA_KEY", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--baseline", type=float, default=5.0, help="seconds of probe calls alone")
     parser.add_argument("--store", default="full", choices=["none", "preview", "full"], help="the proxy's --store")
     args = parser.parse_args(argv)
+    if args.probe_child:
+        probe_child(*args.probe_child)
+        return 0
     ca = trustme.CA()
-    with tempfile.TemporaryDirectory() as tmp, FakeUpstream(ca) as probe_upstream, FakeUpstream(ca) as hostile:
+    with tempfile.TemporaryDirectory() as tmp, FakeUpstream(ca) as hostile:
         ca_file = Path(tmp) / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
-        probe_upstream.reply(*[Reply.json(SMALL_REPLY)] * 200_000)
-        for server in (probe_upstream, hostile):  # accepted sockets inherit it: no Nagle delays
-            server.server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        proxy = ProxyProcess(Path(tmp) / "home", [f"localhost:{probe_upstream.port}=openai",
-                                                  f"127.0.0.1:{hostile.port}=openai",
+        hostile.server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
+        probe = Probe(ca, Path(tmp))
+        proxy = ProxyProcess(Path(tmp) / "home", [f"localhost:{probe.port}=openai",
                                                   f"localhost:{hostile.port}=openai"],
                              ca_file, ["--store", args.store]).wait_ready()
-        probe = Probe(proxy, probe_upstream).start()
+        probe.start(proxy)
         try:
             time.sleep(1.0)
-            start = time.perf_counter()
+            start = time.time()
             time.sleep(args.baseline)
-            baseline = probe.between(start, time.perf_counter())
+            baseline = probe.between(start, time.time())
             print(f"probe alone: {len(baseline)} calls, p50 {p(baseline, 0.5):.1f} ms, p99 {p(baseline, 0.99):.1f} ms;"
                   f" proxy RSS {rss_mb(proxy.proc.pid):.0f} MB", flush=True)
             results = []

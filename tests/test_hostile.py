@@ -94,6 +94,14 @@ def test_a_bomb_is_decoded_in_bounded_steps_and_stopped(bombs, encoding) -> None
     assert len(body.head) <= HEAD_LIMIT and len(body.tail) <= TAIL_LIMIT + tap_module.DECODE_STEP
 
 
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip"])
+def test_a_compressed_body_that_is_no_stream_is_decoded_off_the_event_loop(bombs, encoding) -> None:
+    tap = ResponseTap.for_response("application/json", encoding)
+    assert tap(bombs[encoding]) == bombs[encoding] and tap.decoded_bytes == 0  # only held, on the event loop
+    body = tap.body()  # the writer's thread: decoded there, and stopped
+    assert body.decode_error and "compression bomb" in body.decode_error and body.size < GIB // 4
+
+
 @pytest.mark.parametrize("encoding", ["br", "zstd", "gzip", "deflate", "gzip, br"])
 def test_what_a_chunk_leaves_in_the_decoder_is_decoded_when_the_body_ends(encoding) -> None:
     text = "".join(t for t, _ in zip(words(3), range(200_000)))

@@ -313,7 +313,7 @@ class MeterAddon:
             ex.response = state.tap  # joined later, on the writer thread
         elif flow.response is not None and flow.response.raw_content:
             # Not streamed (e.g. a response an addon set): small and already in memory.
-            ex.response = ResponseTap(ex.response_headers.get("content-encoding", ""))
+            ex.response = ResponseTap(ex.response_headers.get("content-encoding", ""), live=False)
             ex.response(flow.response.raw_content)
             ex.response_bytes = len(flow.response.raw_content)
 

@@ -8,11 +8,13 @@ start (Anthropic's ``message_start``) or the end (every other provider) of a bod
 tail are enough even when the middle of a huge body is dropped; what is dropped goes, in order,
 to an optional :class:`Overflow` (the meter's stream counter) that counts it off the event loop.
 
-Compressed bodies (``Content-Encoding``) are decoded in bounded steps: at most
-``CHUNK_DECODE_LIMIT`` decoded bytes per chunk on the event loop (what is left waits in the
-decoder and is decoded at the next chunk, or off the event loop when the body has ended), and
-decoding stops for good once a body expands past ``BOMB_RATIO`` times its wire size and
-``BOMB_FLOOR`` bytes: a compression bomb costs a few milliseconds and bounded memory.
+Compressed bodies (``Content-Encoding``) are decoded in bounded steps. A stream is decoded as it
+comes (its middle is counted live), at most ``CHUNK_DECODE_LIMIT`` decoded bytes per chunk on
+the event loop; what is left waits in the decoder for the next chunk, or for the end of the
+body. Any other body is only held, compressed, and decoded off the event loop when it has ended
+(the first call of a brotli decoder alone takes 15-30 ms), unless it passes ``HELD_LIMIT``.
+Decoding stops for good once a body expands past ``BOMB_RATIO`` times its wire size and
+``BOMB_FLOOR`` bytes: a compression bomb costs bounded memory and no stall.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ DECODE_STEP = 256 * 1024
 """Decoded bytes produced by one decompressor call."""
 CHUNK_DECODE_LIMIT = 256 * 1024
 """Decoded bytes produced per chunk on the event loop; the rest waits in the decoder."""
+HELD_LIMIT = 16 * 1024 * 1024
+"""Compressed bytes of a body that is no stream held for decoding off the event loop; past it,
+the body is decoded on the event loop too, ``CHUNK_DECODE_LIMIT`` per chunk, to bound memory."""
 BOMB_FLOOR = 16 * 1024 * 1024
 BOMB_RATIO = 200
 """Decoding stops when a body's decoded size passes both ``BOMB_FLOOR`` bytes and
@@ -225,14 +230,15 @@ class ResponseTap:
 
     @classmethod
     def for_response(cls, content_type: str, content_encoding: str, overflow: Overflow | None = None) -> ResponseTap:
-        """A tap sized for the body's type: a long stream keeps less of its head than JSON."""
+        """A tap sized for the body's type: a long stream keeps less of its head than JSON, and is
+        decoded as it comes."""
         streamed = stream_kind(content_type) is not None
-        return cls(content_encoding, STREAM_HEAD_LIMIT if streamed else HEAD_LIMIT, overflow=overflow)
+        return cls(content_encoding, STREAM_HEAD_LIMIT if streamed else HEAD_LIMIT, overflow=overflow, live=streamed)
 
     __slots__ = (
         "_chain", "_head", "_head_size", "_tail", "_tail_size", "_head_limit",
         "_tail_limit", "wire_bytes", "decoded_bytes", "truncated", "decode_error",
-        "first_byte_at", "ended", "overflow", "_dropped_any",
+        "first_byte_at", "ended", "overflow", "_dropped_any", "live",
     )
 
     def __init__(
@@ -241,8 +247,11 @@ class ResponseTap:
         head_limit: int = HEAD_LIMIT,
         tail_limit: int = TAIL_LIMIT,
         overflow: Overflow | None = None,
+        live: bool = True,
     ) -> None:
         self._chain: _Chain | None = None
+        self.live = live
+        """Decode on the event loop as chunks come (else only past ``HELD_LIMIT`` compressed bytes)."""
         self.decode_error: str | None = None
         names = [n.strip().lower() for n in content_encoding.split(",") if n.strip()]
         try:
@@ -278,7 +287,8 @@ class ResponseTap:
                 self._keep(chunk)
             else:
                 self._chain.feed(chunk)
-                self._decode(CHUNK_DECODE_LIMIT)
+                if self.live or self.wire_bytes > HELD_LIMIT:
+                    self._decode(CHUNK_DECODE_LIMIT)
         return chunk
 
     def _decode(self, budget: int | None) -> None:
