@@ -1,16 +1,18 @@
 """Token estimates for calls whose response reports no usage (or only part of it).
 
-Counting runs on the writer thread (and the stream counter's), never on the proxy's event
-loop. The tiktoken encodings load once, in a background thread started with the proxy
-(:func:`preload`); the first estimate waits for them at most ``LOAD_WAIT`` seconds, later ones
-never wait. When an encoding cannot be loaded (offline with no ``TIKTOKEN_CACHE_DIR``), or
-tiktoken fails on a text, estimates fall back to a character heuristic and say so:
+Counting runs on the writer thread, never on the proxy's event loop. The tiktoken encodings
+load once, in a background thread started with the proxy (:func:`preload`); the first estimate
+waits for them at most ``LOAD_WAIT`` seconds. When an encoding cannot be loaded (offline with no
+``TIKTOKEN_CACHE_DIR``), estimates fall back to a character heuristic and say so:
 
 - OpenAI models use their own encoding (``o200k_base`` for gpt-4o, gpt-4.1, gpt-5, o-series;
   ``cl100k_base`` for gpt-4, gpt-3.5 and the embedding models);
 - every other model uses ``o200k_base`` as the nearest encoding, and the note says so;
-- the heuristic is one token per 4 bytes of UTF-8 text, rounded up;
-- at most ``COUNT_LIMIT`` characters per call are counted with tiktoken; the rest is scaled.
+- the heuristic is one token per 4 bytes of UTF-8 text, rounded up.
+
+The stream counter (:mod:`meterproxy.meter.streamcount`) counts with the same encodings on its
+own thread. A text tiktoken fails on is counted with the heuristic (and the note says so), and at
+most ``COUNT_LIMIT`` characters per call are counted with tiktoken: the rest is scaled.
 
 Input comes from the request with the chat message formula: the tokens of every prompt string
 (contents, roles, system prompt, tool definitions as JSON), plus 3 per message and 3 to prime
@@ -30,7 +32,7 @@ log = logging.getLogger("meterproxy")
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 NEAREST = "o200k_base"
-LOAD_WAIT = 2.0
+LOAD_WAIT = 10.0
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING = 3
 BYTES_PER_TOKEN = 4
