@@ -74,3 +74,31 @@ def test_other_providers_only_lose_the_usage_only_chunk() -> None:
     together = (FIXTURES / "together" / "chat_stream.sse").read_bytes()
     stripper = UsageChunkStripper(ResponseTap(), strip_null_usage=False)
     assert b"".join(stripper(together) + stripper(b"")) == together
+
+
+@settings(max_examples=100, deadline=None)
+@given(cuts=st.lists(st.integers(0, 6000), max_size=20))
+def test_an_event_too_long_to_hold_back_is_passed_on_as_it_comes(cuts: list[int]) -> None:
+    """A 5 MB single SSE line is never held whole: past HOLD_LIMIT it goes on unchanged, and
+    the events after it are cleaned again (here with a HOLD_LIMIT of 1 KB)."""
+    from meterproxy.wire import streamusage
+
+    long_event = b'data: {"choices":[{"delta":{"content":"' + b"x" * 3000 + b'"}}],"usage":null}\n\n'
+    stream = long_event + WITH_USAGE
+    limit = streamusage.HOLD_LIMIT
+    streamusage.HOLD_LIMIT = 1024
+    try:
+        stripper = UsageChunkStripper(ResponseTap(), strip_null_usage=True)
+        sent, points = [], sorted(c for c in cuts if c < len(stream))
+        for start, end in zip([0, *points], [*points, len(stream)]):
+            if end > start:
+                out = stripper(stream[start:end])
+                assert b"" not in out
+                sent += out
+                held = len(stream[:end]) - len(b"".join(sent))
+                assert held <= 1024 + 3 or end > len(long_event)  # never more than the limit held back
+        sent += stripper(b"")
+    finally:
+        streamusage.HOLD_LIMIT = limit
+    # Cleaned when it came whole in one chunk, else passed on as it was; the rest cleaned as always.
+    assert b"".join(sent) in (long_event + WITHOUT_USAGE, long_event.replace(b',"usage":null', b"") + WITHOUT_USAGE)

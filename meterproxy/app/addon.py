@@ -42,7 +42,7 @@ from meterproxy.wire.headers import (
     joined,
     kept,
 )
-from meterproxy.wire.tap import ResponseTap
+from meterproxy.wire.tap import RequestTap, ResponseTap
 
 log = logging.getLogger("meterproxy")
 
@@ -70,6 +70,7 @@ class _Flow:
     exchange: Exchange
     client: _Client
     tap: ResponseTap | None = None
+    request_tap: RequestTap | None = None
     strip_usage: bool = False
     """``--inject-stream-usage`` changed the request: remove what it adds from the response."""
 
@@ -154,6 +155,7 @@ class MeterAddon:
         for state in self._flows.values():
             self._finish(state)
             state.exchange.error = "proxy shut down before the call finished"
+            state.exchange.abort = "proxy"
             self._submit(state)
         self._flows.clear()
         if self.pipeline is not None:
@@ -208,7 +210,10 @@ class MeterAddon:
         if client.process is None and peer and sock and is_loopback(str(peer[0])):
             # Looked up once per connection, at its first metered request, off the event loop.
             client.process = self._lookups.submit(client_process_name, peer[1], sock[1])
-        self._flows[flow.id] = _Flow(flow, exchange, client)
+        self._flows[flow.id] = state = _Flow(flow, exchange, client)
+        state.request_tap = RequestTap.for_request(request.headers.get("content-length"))
+        if state.request_tap is not None:  # a huge body: streamed upstream as it comes, a bounded copy kept
+            request.stream = state.request_tap
 
     def request(self, flow: http.HTTPFlow) -> None:
         state = self._flows.get(flow.id)
@@ -230,6 +235,8 @@ class MeterAddon:
         ex.secrets = credentials(found, query)
         ex.request_body = flow.request.raw_content or b""
         ex.request_bytes = len(ex.request_body)
+        if state.request_tap is not None:
+            ex.request_body, ex.request_bytes = state.request_tap.kept()
         if self.pipeline is not None and self.pipeline.budgets is not None and self._refused(state):
             return
         if self.inject_stream_usage:
@@ -254,8 +261,8 @@ class MeterAddon:
 
     def _inject_stream_usage(self, state: _Flow) -> None:
         request, ex = state.flow.request, state.exchange
-        if request.method != "POST" or "content-encoding" in request.headers:
-            return
+        if request.method != "POST" or "content-encoding" in request.headers or state.request_tap is not None:
+            return  # a streamed (huge) request body was sent as it came: it cannot be changed
         if not PROVIDERS[ex.provider].stream_usage_path(ex.path):
             return
         body = streamusage.inject(ex.request_body)
@@ -272,7 +279,10 @@ class MeterAddon:
             response.stream = True  # unmetered: pass through unbuffered
             return
         headers = response.headers
-        state.tap = ResponseTap.for_response(headers.get("content-type", ""), headers.get("content-encoding", ""))
+        content_type = headers.get("content-type", "")
+        overflow = self.pipeline.counter.watch(state.exchange.provider, state.exchange.path, content_type) if (
+            self.pipeline) else None
+        state.tap = ResponseTap.for_response(content_type, headers.get("content-encoding", ""), overflow)
         response.stream = state.tap
         if state.strip_usage:
             self._strip_usage(state, response)
@@ -325,7 +335,7 @@ class MeterAddon:
             ex.response = state.tap  # joined later, on the writer thread
         elif flow.response is not None and flow.response.raw_content:
             # Not streamed (e.g. a response an addon set): small and already in memory.
-            ex.response = ResponseTap(ex.response_headers.get("content-encoding", ""))
+            ex.response = ResponseTap(ex.response_headers.get("content-encoding", ""), live=False)
             ex.response(flow.response.raw_content)
             ex.response_bytes = len(flow.response.raw_content)
 

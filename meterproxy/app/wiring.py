@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import certifi
@@ -26,6 +26,7 @@ from meterproxy.ledger.mirror import JsonlMirror
 from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter.record import Meter
 from meterproxy.meter.storage import Storage
+from meterproxy.meter.streamcount import StreamCounter
 from meterproxy.outbox.alerts import AlertSender
 from meterproxy.outbox.otel import EXTRA_HINT, OtelOutbox, Otlp, extra_installed
 from meterproxy.outbox.otel_sender import OtelSender
@@ -73,6 +74,8 @@ class Pipeline:
     budgets_live: LivePublisher | None = None
     """Publishes the budgets (with calls in flight) for ``meterproxy budget``."""
     otel_sender: OtelSender | None = None
+    counter: StreamCounter = field(default_factory=StreamCounter)
+    """Counts the text of long streams as it passes (the middle the response taps drop)."""
 
     @classmethod
     def build(cls, settings: Settings) -> Pipeline:
@@ -125,6 +128,7 @@ class Pipeline:
     def close(self) -> None:
         """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""
         self.writer.close()
+        self.counter.close()
         if self.sender is not None:
             self.sender.stop()
         if self.alerts is not None:

@@ -14,16 +14,17 @@ from typing import Any
 
 from meterproxy.meter import tokens
 from meterproxy.meter.storage import Storage
+from meterproxy.meter.streamcount import MiddleCount, merge_usage
 from meterproxy.money import to_picousd
 from meterproxy.pricing.reload import PriceFile
 from meterproxy.pricing.table import NO_PRICE, Billing, CallCost, PriceTable
-from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo, decode_request
+from meterproxy.providers.base import EndpointKind, LargeRequest, ParsedResponse, RequestInfo, decode_request
 from meterproxy.providers.registry import get_provider
 from meterproxy.providers.usage import Usage, UsageSource
 from meterproxy.times import at_utc, iso_utc
 from meterproxy.wire.exchange import Exchange
 from meterproxy.wire.headers import REQUEST_ID_HEADERS
-from meterproxy.wire.tap import decode_body, stream_kind
+from meterproxy.wire.tap import Body, decode_body, stream_kind
 
 log = logging.getLogger("meterproxy")
 
@@ -64,16 +65,22 @@ class Meter:
         if ex.budget is not None:
             return self.blocked(ex)
         request_body = _request_body(ex)
-        request_json = decode_request(request_body)
+        request_json = decode_request(request_body, ex.request_bytes if request_body is ex.request_body else None)
         request = provider.parse_request(ex.path, request_json if isinstance(request_json, dict) else {})
-        parsed = (
-            provider.parse_response(ex.path, ex.body(), ex.response_headers.get("content-type", ""))
-            if ex.status is not None
-            else ParsedResponse(note="no response from upstream")
-        )
+        if isinstance(request_json, LargeRequest):
+            request.prompt.unparsed_bytes = request_json.size
+        middle: MiddleCount | None = None
+        if ex.status is not None:
+            body = ex.body()
+            parsed = provider.parse_response(ex.path, body, ex.response_headers.get("content-type", ""))
+            if body.overflow is not None:
+                middle = body.overflow.result(body)  # type: ignore[attr-defined]
+                merge_usage(parsed, middle)
+        else:
+            body, parsed = None, ParsedResponse(note="no response from upstream")
         outcome = _outcome(ex, parsed, request)
         model = parsed.model or request.model
-        usage, usage_source, note = _usage(kind, request, parsed, outcome, model)
+        usage, usage_source, note = _usage(kind, request, parsed, outcome, model, _unread(body, middle, ex))
         billing = _billing(ex, parsed, usage_source)
         usage = _with_parts(usage, billing)
         if ex.injected_usage and usage_source == "reported":
@@ -204,34 +211,69 @@ def model_cost_rows(call_id: str, started_at: str, provider: str, cost: CallCost
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class _Unread:
+    """Output the parser did not see as text: a stream's counted middle, a huge JSON body sized."""
+
+    tokens: int = 0
+    note: str | None = None
+
+
+def _unread(body: Body | None, middle: MiddleCount | None, ex: Exchange) -> _Unread:
+    notes = [f"the proxy stopped before the call ended ({ex.response_bytes} bytes received)"] if (
+        ex.abort == "proxy") else []
+    if body is not None and body.decode_error:
+        notes.append(body.decode_error)
+    if middle is not None:
+        notes.append(middle.describe())
+        return _Unread(middle.output_tokens, "; ".join(notes))
+    if body is not None and body.truncated and not body.decode_error:
+        # A JSON body too large to parse whole: what was not parsed is sized (not when its
+        # decoding failed or was stopped: then those bytes are no text the model wrote).
+        unread = body.size - len(body.head) - len(body.tail)
+        notes.append(f"{unread} bytes in the middle of the body sized at {tokens.BYTES_PER_TOKEN} bytes per token")
+        return _Unread(-(-unread // tokens.BYTES_PER_TOKEN), "; ".join(notes))
+    return _Unread(0, "; ".join(notes) or None)
+
+
 def _usage(
-    kind: EndpointKind, request: RequestInfo, parsed: ParsedResponse, outcome: str, model: str | None
+    kind: EndpointKind, request: RequestInfo, parsed: ParsedResponse, outcome: str, model: str | None,
+    unread: _Unread = _Unread(),
 ) -> tuple[Usage, UsageSource, str | None]:
     """The call's usage, where it came from, and a note on how it was made or why it is missing.
 
     Reported usage wins. A call that reported none, or whose stream ended before its final
-    usage, is estimated from its request and the text received, unless it failed (errors count
-    zero tokens unless reported) or its endpoint is unknown (nothing is guessed there).
+    usage, is estimated from its request and the text received (``unread``: the output the
+    parser did not see as text), unless it failed (errors count zero tokens unless reported)
+    or its endpoint is unknown (nothing is guessed there).
     """
     reported = parsed.usage
     if reported is not None and parsed.usage_final:
-        return reported, "reported", parsed.note
-    if kind == "unknown" or outcome == "error" or not (request.prompt.texts or parsed.output_text):
+        return reported, "reported", _joined(parsed.note, unread.note if outcome != "ok" else None)
+    prompt = request.prompt
+    if kind == "unknown" or outcome == "error" or not (
+        prompt.texts or prompt.unparsed_bytes or parsed.output_text or unread.tokens
+    ):
         if reported is not None:
             return reported, "reported", "partial usage: the stream ended before its final usage"
-        note = parsed.note or "no usage reported"
+        note = _joined(parsed.note or "no usage reported", unread.note)
         return Usage(), "none", f"unrecognized endpoint, not estimated: {note}" if kind == "unknown" else note
     estimate = tokens.estimate(request.prompt, parsed.output_text, model)
+    output_tokens = estimate.output_tokens + unread.tokens
     if reported is not None:
         usage = replace(
             reported,
             input_tokens=reported.input_tokens or estimate.input_tokens,
-            output_tokens=max(reported.output_tokens, estimate.output_tokens),
+            output_tokens=max(reported.output_tokens, output_tokens),
         )
         note = f"stream ended before its final usage: output estimated from what was received, {estimate.method}"
-        return usage, "estimated", note
+        return usage, "estimated", _joined(note, unread.note)
     note = f"{parsed.note or 'no usage reported'}; estimated with {estimate.method}"
-    return Usage(estimate.input_tokens, estimate.output_tokens), "estimated", note
+    return Usage(estimate.input_tokens, output_tokens), "estimated", _joined(note, unread.note)
+
+
+def _joined(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None
 
 
 def _outcome(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) -> str:
@@ -239,6 +281,8 @@ def _outcome(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) 
         return "client_aborted"
     if ex.abort == "upstream":
         return "upstream_aborted"
+    if ex.abort == "proxy":
+        return "proxy_aborted"
     if ex.status is None or ex.status >= 400 or ex.error:
         return "error"
     if parsed is not None:

@@ -25,7 +25,7 @@ import zstandard
 
 from meterproxy.config import DEFAULT_PREVIEW_CHARS, StorePolicy
 from meterproxy.meter.content import last_user_text, response_slots, stream_slots
-from meterproxy.providers.base import ParsedResponse
+from meterproxy.providers.base import LargeRequest, ParsedResponse
 from meterproxy.redact.call import CallRedaction, TextCache
 from meterproxy.redact.engine import Redactor
 from meterproxy.redact.rule import PLACEHOLDER
@@ -45,6 +45,12 @@ SAFE_FIELDS = frozenset({
 group by them exactly. Every other string column is redacted."""
 
 _COMPRESSOR_LEVEL = 3
+FULL_BODY_CHARS = 8 * 1024 * 1024
+"""Characters of each body stored with ``full``: the strings past them are cut, with a note
+(``[meterproxy: N characters not stored]``), so a 100 MB prompt costs the writer a bounded
+redaction, done in pieces (see :data:`meterproxy.redact.engine.PIECE_CHARS`)."""
+DECODE_ERROR_SAMPLE = 4096
+"""Decoded bytes stored of a body whose decoding failed or was stopped (a compression bomb)."""
 PREVIEW_MARGIN = 16_384
 """Characters redacted past a preview's cut, so a secret that straddles the cut (PEM keys are
 the longest) is still recognized; text beyond that is never shown and never redacted."""
@@ -99,21 +105,35 @@ class Storage:
     ) -> dict[str, Any]:
         # Previews in ``full`` come from the redacted bodies: each finding is counted once.
         content: dict[str, Any] = {}
+        shown = self.preview_chars + PREVIEW_MARGIN
+        not_stored = 0
+        if isinstance(request, LargeRequest):  # too large to parse: stored as text, cut
+            not_stored = max(request.size - FULL_BODY_CHARS, 0)
+            request, request_body = None, request_body[:FULL_BODY_CHARS]
         if self.policy == "full" and request_body:
-            stored = call.json(request) if request is not None else _text(request_body, call)
+            call.budget = FULL_BODY_CHARS
+            try:
+                stored = call.json(request) if request is not None else _text(request_body, call)
+                if not_stored:
+                    stored += f"[meterproxy: {not_stored} bytes not stored]"
+            finally:
+                call.budget = None
             content["request_body"] = _compress(stored)
             user_text = last_user_text(stored)
         else:
-            user_text = call.text(text) if (text := last_user_text(request)) else None
+            user_text = call.text(text[:shown]) if (text := last_user_text(request)) else None
         content["request_preview"] = self._preview(user_text) if user_text else None
 
         if ex.status is None:
             return content | {"response_preview": None}
         content_type = ex.response_headers.get("content-type", "")
         body = ex.body()
-        shown = self.preview_chars + PREVIEW_MARGIN
         if self.policy == "full":
-            response, text = _stored_response(body, content_type, call)
+            call.budget = FULL_BODY_CHARS
+            try:
+                response, text = _stored_response(body, content_type, call)
+            finally:
+                call.budget = None
             content["response_body"] = _compress(response) if body.size else None
         else:
             text = _response_text(body, content_type, call, shown)
@@ -201,6 +221,9 @@ def _stored_response(body: Body, content_type: str, call: CallRedaction) -> tupl
     The text deltas of a stream are redacted together first, so a secret split across events
     is still found; then every string of every event is redacted on its own.
     """
+    if body.decode_error:  # not what it claims to be (a bomb, a corrupt body): a sample only
+        sample = body.head[:DECODE_ERROR_SAMPLE]
+        return f"[meterproxy: {body.decode_error}; its first {len(sample)} decoded bytes]\n{_text(sample, call)}", ""
     events = _events(body, content_type)
     if events is None:
         data = body.complete_bytes

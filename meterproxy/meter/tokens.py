@@ -11,6 +11,10 @@ at most ``LOAD_WAIT`` seconds. When an encoding cannot be loaded (offline with n
 - every other model uses ``o200k_base`` as the nearest encoding, and the note says so;
 - the heuristic is one token per 4 bytes of UTF-8 text, rounded up.
 
+The stream counter (:mod:`meterproxy.meter.streamcount`) counts with the same encodings on its
+own thread. A text tiktoken fails on is counted with the heuristic (and the note says so), and at
+most ``COUNT_LIMIT`` characters per call are counted with tiktoken: the rest is scaled.
+
 Input comes from the request with the chat message formula: the tokens of every prompt string
 (contents, roles, system prompt, tool definitions as JSON), plus 3 per message and 3 to prime
 the reply. Output comes from the generated text seen in the response.
@@ -32,7 +36,10 @@ NEAREST = "o200k_base"
 LOAD_WAIT = 10.0
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING = 3
-HEURISTIC = "character heuristic (1 token per 4 UTF-8 bytes)"
+BYTES_PER_TOKEN = 4
+HEURISTIC = f"character heuristic (1 token per {BYTES_PER_TOKEN} UTF-8 bytes)"
+COUNT_LIMIT = 32 * 1024 * 1024
+"""Characters counted with tiktoken per call; a longer text's remainder is scaled from them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +123,32 @@ class Counter:
             self.method = f"tiktoken {name} (nearest encoding for {model or 'an unnamed model'})"
 
     def count(self, texts: list[str]) -> int:
-        if self._encoding is None:
-            return sum(math.ceil(len(t.encode("utf-8", errors="replace")) / 4) for t in texts)
-        return sum(len(self._encoding.encode_ordinary(t)) for t in texts)
+        """Tokens of ``texts``; never raises (a text tiktoken fails on is counted by the heuristic)."""
+        total, budget = 0, COUNT_LIMIT
+        for text in texts:
+            if self._encoding is None or budget <= 0:
+                if self._encoding is not None and "scaled" not in self.method:
+                    self.method += f"; texts past {COUNT_LIMIT} characters sized by the {HEURISTIC}"
+                total += _heuristic(text)
+                continue
+            counted = text[:budget]
+            budget -= len(counted)
+            try:
+                found = len(self._encoding.encode_ordinary(counted))
+            except Exception as e:  # never let a tokenizer problem stop the meter
+                log.warning("tiktoken failed (%s): this count uses the %s", type(e).__name__, HEURISTIC)
+                self._encoding, self.method = None, f"{HEURISTIC}; tiktoken failed"
+                total += _heuristic(text)
+                continue
+            if len(counted) < len(text):  # past the limit: scaled at the rate of what was counted
+                found = round(found * len(text) / len(counted))
+                self.method += f"; texts past {COUNT_LIMIT} characters scaled"
+            total += found
+        return total
+
+
+def _heuristic(text: str) -> int:
+    return math.ceil(len(text.encode("utf-8", errors="replace")) / BYTES_PER_TOKEN)
 
 
 def estimate(prompt: Prompt, output: list[str], model: str | None) -> Estimate:
@@ -128,6 +158,10 @@ def estimate(prompt: Prompt, output: list[str], model: str | None) -> Estimate:
     if prompt.messages:
         input_tokens += TOKENS_PER_MESSAGE * prompt.messages + REPLY_PRIMING
     method = counter.method
+    if prompt.unparsed_bytes:
+        input_tokens += -(-prompt.unparsed_bytes // BYTES_PER_TOKEN)
+        method += (f"; a request body of {prompt.unparsed_bytes} bytes, too large to parse, "
+                   f"sized at {BYTES_PER_TOKEN} bytes per token")
     if prompt.media:
         method += f"; {prompt.media} inline media part(s) not counted"
     return Estimate(input_tokens, counter.count(["".join(output)]), method)

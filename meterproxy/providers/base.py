@@ -64,6 +64,8 @@ class Prompt:
     texts: list[str] = field(default_factory=list)
     messages: int = 0
     media: int = 0
+    unparsed_bytes: int = 0
+    """Bytes of a request body too large to parse (:class:`LargeRequest`): sized, not read."""
 
     def message(self, value: Any) -> None:
         """Add one chat message (or system prompt)."""
@@ -163,8 +165,34 @@ class Provider(Protocol):
         ...
 
 
-def decode_request(body: bytes) -> Any:
-    """A request body's JSON value, or None when it is not JSON (decoded once per call, by the meter)."""
+REQUEST_PARSE_LIMIT = 8 * 1024 * 1024
+"""Request bodies larger than this are not parsed: ``json.loads`` holds the GIL from start to
+end (seconds for 100 MB of escaped text), which would stall the proxy's event loop."""
+_REQUEST_LABELS = re.compile(rb'"(model|stream)"\s*:\s*("(?:[^"\\]|\\.){0,1000}"|true|false)')
+
+
+class LargeRequest(dict):
+    """What is read of a request body too large to parse: ``model`` and ``stream`` found by a
+    scan of its first and last 64 KiB (never inside a string: quotes there are escaped)."""
+
+    def __init__(self, body: bytes, size: int):
+        super().__init__()
+        self.size = size
+        """The body's size (``body`` may be only its first and last bytes)."""
+        for name, value in _REQUEST_LABELS.findall(body[:_LABEL_SCAN]) + _REQUEST_LABELS.findall(body[-_LABEL_SCAN:]):
+            try:
+                self.setdefault(name.decode(), json.loads(value))
+            except ValueError:
+                pass
+
+
+def decode_request(body: bytes, size: int | None = None) -> Any:
+    """A request body's JSON value, or None when it is not JSON (decoded once per call, by the
+    meter); a :class:`LargeRequest` when it is too large to parse. ``size``: the body's real
+    size, when ``body`` holds only its first and last bytes (a streamed request)."""
+    size = max(size or 0, len(body))
+    if size > REQUEST_PARSE_LIMIT or size > len(body):
+        return LargeRequest(body, size)
     if not body.strip():
         return None
     try:
@@ -222,11 +250,60 @@ def ndjson_objects(body: Body) -> Iterator[Any]:
         yield None if isinstance(data, RawText) else data
 
 
+_USAGE_KEYS = (b'"usage"', b'"usageMetadata"')
+"""Keys of the usage object in JSON bodies (OpenAI-style and Anthropic; Gemini)."""
+_TOP_COUNTS = re.compile(rb'"(prompt_eval_count|eval_count|tokens_evaluated|tokens_predicted)"\s*:\s*(\d{1,15})')
+"""Counts some APIs report at the top level instead of in a usage object (Ollama, llama.cpp)."""
+_LABEL = re.compile(rb'"(model|id)"\s*:\s*("(?:[^"\\]|\\.){0,1000}")')
+_VALUE_START = re.compile(r"\s*:\s*")
+_LABEL_SCAN = 64 * 1024
+
+
+def large_json(body: Body) -> dict[str, Any] | None:
+    """The usage of a JSON body too large to keep whole, found without parsing the body.
+
+    The usage object (and the counts some APIs put at the top level) sits at the end of the
+    body, in the tail the tap kept; ``model`` and ``id`` at its start. Returns a small object
+    with what was found, shaped like the body (None when no usage is found).
+    """
+    found: dict[str, Any] = {}
+    tail = body.tail
+    for key in _USAGE_KEYS:
+        at = tail.rfind(key)
+        if at < 0:
+            continue
+        text = tail[at:].decode("utf-8", errors="replace")
+        value_start = _VALUE_START.match(text, len(key))
+        if value_start is None or not text.startswith("{", value_start.end()):
+            continue
+        try:
+            found[key.decode().strip('"')] = json.JSONDecoder().raw_decode(text, value_start.end())[0]
+        except (ValueError, RecursionError):
+            continue
+        break
+    else:
+        found.update({name.decode(): int(value) for name, value in _TOP_COUNTS.findall(tail)})
+    if not found:
+        return None
+    for name, value in _LABEL.findall(body.head[:_LABEL_SCAN]):
+        try:
+            found.setdefault(name.decode(), json.loads(value))
+        except ValueError:
+            pass
+    return found
+
+
 def load_body(body: Body) -> tuple[Any, ParsedResponse | None]:
-    """A whole JSON body's value, or ``(None, a ParsedResponse saying why it cannot be read)``."""
+    """A whole JSON body's value, or ``(None, a ParsedResponse saying why it cannot be read)``.
+
+    A body too large to keep whole gives the small object :func:`large_json` finds in it.
+    """
     data = body.complete_bytes
     if data is None:
-        return None, ParsedResponse(note=f"JSON body of {body.size} bytes too large to parse")
+        if (found := large_json(body)) is not None:
+            return found, None
+        note = f"JSON body of {body.size} bytes too large to parse whole, and no usage found at its end"
+        return None, ParsedResponse(note=note)
     if not data.strip():
         return None, ParsedResponse(note="empty response body")
     try:
@@ -268,6 +345,8 @@ def parse_json_response(
         out.usage, out.usage_raw = usage, number_fields(obj)
     else:
         out.note = "response reported no usage"
+    if body.truncated and out.usage is not None:
+        out.note = f"usage read from the end of a JSON body of {body.size} bytes (too large to parse whole)"
     if out.usage is None and output_text is not None:
         out.output_text.extend(output_text(obj))
     if extras is not None:

@@ -59,8 +59,16 @@ class CallRedaction:
         self.count = 0
         self._memo: dict[str, tuple[str, int]] = {}
         self._cache = cache
+        self.budget: int | None = None
+        """Characters still to store (None: no limit): past it, strings are cut, with a note."""
 
     def text(self, value: str) -> str:
+        cut = 0
+        if self.budget is not None:
+            if len(value) > self.budget:
+                cut = len(value) - self.budget
+                value = value[:self.budget]
+            self.budget -= len(value)
         short = len(value) <= _MEMO_MAX_CHARS
         found = self._memo.get(value) if short else None
         if found is None:
@@ -73,7 +81,7 @@ class CallRedaction:
             if short:
                 self._memo[value] = found
         self.count += found[1]
-        return found[0]
+        return found[0] + f"[meterproxy: {cut} characters not stored]" if cut else found[0]
 
     def pieces(self, pieces: Sequence[str]) -> list[str]:
         redacted, count = self.redactor.redact_pieces(pieces, self.secrets)

@@ -36,6 +36,13 @@ class _Span:
 
 
 _MAX_PASSES = 4
+PIECE_CHARS = 16 * 1024
+"""The longest text one search reads. A regex search holds the GIL from start to end, so
+longer texts are redacted in pieces of about this size (a few milliseconds each), cut at a line
+break (never inside a PEM block), and the proxy's event loop gets the GIL between pieces."""
+_CUT_SEARCH = 4 * 1024
+_PEM_MAX = 24 * 1024
+_PEM_BEGIN = "-----BEGIN"
 
 
 class Redactor:
@@ -67,8 +74,11 @@ class Redactor:
         """Redact text that arrived in pieces as if it were one string.
 
         A finding that spans pieces is replaced in the piece where it starts and removed from
-        the others, so ``"".join`` of the result equals the redacted joined text.
+        the others, so ``"".join`` of the result equals the redacted joined text. Text longer
+        than ``PIECE_CHARS`` is searched in parts of about that size (see :data:`PIECE_CHARS`).
         """
+        if sum(len(piece) for piece in pieces) > PIECE_CHARS:
+            return self._redact_parts(pieces, secrets)
         result, total = list(pieces), 0
         try:
             # Removing a finding changes its neighbours' context (a key glued to a PEM block's
@@ -83,6 +93,40 @@ class Redactor:
             logging.getLogger("meterproxy").exception("redaction failed; the text is withheld")
             return ["[REDACTED:unreadable]"] + [""] * (len(pieces) - 1), 1
         return result, total
+
+    def _redact_parts(self, pieces: Sequence[str], secrets: Sequence[str]) -> tuple[list[str], int]:
+        """Long text: each piece longer than ``PIECE_CHARS`` cut at line breaks, then runs of
+        consecutive pieces of about ``PIECE_CHARS`` redacted together."""
+        out: list[str] = []
+        total = 0
+        group: list[str] = []
+        size = 0
+        for piece in pieces:
+            if len(piece) > PIECE_CHARS:
+                if group:
+                    redacted, count = self.redact_pieces(group, secrets)
+                    out += redacted
+                    total += count
+                    group, size = [], 0
+                parts = []
+                for part in _cut(piece):
+                    redacted, count = self.redact_pieces([part], secrets)
+                    parts.append(redacted[0])
+                    total += count
+                out.append("".join(parts))
+                continue
+            if size + len(piece) > PIECE_CHARS and group:
+                redacted, count = self.redact_pieces(group, secrets)
+                out += redacted
+                total += count
+                group, size = [], 0
+            group.append(piece)
+            size += len(piece)
+        if group:
+            redacted, count = self.redact_pieces(group, secrets)
+            out += redacted
+            total += count
+        return out, total
 
     def _find(self, text: str, secrets: Sequence[str]) -> list[_Span]:
         candidates = _literal_spans(text, secrets, len(SECRET_RULES))
@@ -100,6 +144,27 @@ class Redactor:
 
     def _allowed(self, found: str) -> bool:
         return any(pattern.fullmatch(found) for pattern in self.allow)
+
+
+def _cut(text: str) -> list[str]:
+    """``text`` in parts of at most ``PIECE_CHARS``, each ending at a line break (else a space)
+    when one is near, and never inside a PEM block."""
+    parts = []
+    start = 0
+    while len(text) - start > PIECE_CHARS:
+        limit = start + PIECE_CHARS
+        end = text.rfind("\n", limit - _CUT_SEARCH, limit) + 1 or text.rfind(" ", limit - _CUT_SEARCH, limit) + 1
+        end = end if end > start else limit
+        begin = text.rfind(_PEM_BEGIN, start, end)
+        if begin >= 0 and text.find("-----END", begin, end) < 0:
+            if begin > start:
+                end = begin  # a PEM block that the cut would split goes whole into the next part
+            elif (close := text.find("-----END", begin, begin + _PEM_MAX)) >= 0:
+                end = text.find("\n", close) + 1 or len(text)  # a block longer than a part: one part
+        parts.append(text[start:end])
+        start = end
+    parts.append(text[start:])
+    return parts
 
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)

@@ -14,7 +14,8 @@ from typing import Literal
 
 from meterproxy.wire.tap import Body, ResponseTap
 
-Abort = Literal["client", "upstream"]
+Abort = Literal["client", "upstream", "proxy"]
+"""Who cut the call: the client, the upstream, or the proxy (it shut down before the call ended)."""
 
 
 @dataclass(slots=True)

@@ -74,19 +74,38 @@ def _value(text: str) -> Any:
         return RawText(text)
 
 
+def last_boundary(data: bytes | bytearray, kind: StreamKind, start: int = 0) -> int:
+    """Where the last complete event (or line) of ``data`` ends, searching from ``start``; 0 if none."""
+    if kind == "ndjson":
+        return data.rfind(b"\n", start) + 1
+    return max((i + len(sep) for sep in EVENT_SEPARATORS if (i := data.rfind(sep, start)) >= 0), default=0)
+
+
+def first_boundary(data: bytes, kind: StreamKind) -> int:
+    """Where the first event (or line) of ``data`` ends; 0 if it has no boundary."""
+    if kind == "ndjson":
+        return data.find(b"\n") + 1
+    match = EVENT_END.search(data)
+    return match.end() if match else 0
+
+
 def _sse_events(body: Body) -> Iterator[tuple[str, str]]:
-    yield from _parse_sse(body.head + body.tail if not body.truncated else body.head)
-    if body.truncated:
-        # The tail starts mid-event: skip to the first event boundary.
-        match = EVENT_END.search(body.tail)
-        if match:
-            yield from _parse_sse(body.tail[match.end():])
+    if not body.truncated:
+        yield from _parse_sse(body.head + body.tail)
+        return
+    # The head ends and the tail starts mid-event: that event is the dropped middle's (the
+    # meter's stream counter reads it), so only the whole events of each are framed here.
+    yield from _parse_sse(body.head[:last_boundary(body.head, "sse")])
+    end = first_boundary(body.tail, "sse")
+    if end:
+        yield from _parse_sse(body.tail[end:])
 
 
 def _parse_sse(data: bytes) -> Iterator[tuple[str, str]]:
     name, lines = "message", []
     # Only CR, LF and CRLF end SSE lines (str.splitlines would also split on U+2028).
-    for line in _LINE_END.split(data.decode("utf-8", errors="replace")):
+    text = data.decode("utf-8", errors="replace")
+    for line in text.split("\n") if "\r" not in text else _LINE_END.split(text):
         if not line:
             if lines:
                 yield name, "\n".join(lines)
@@ -107,9 +126,9 @@ def _parse_sse(data: bytes) -> Iterator[tuple[str, str]]:
 
 def _ndjson_lines(body: Body) -> Iterator[tuple[None, str]]:
     """Non-empty lines (skipping the partial first line of a truncated tail)."""
-    chunks = [body.head] if body.truncated else [body.head + body.tail]
+    chunks = [body.head + body.tail]
     if body.truncated:
-        chunks.append(body.tail.partition(b"\n")[2])
+        chunks = [body.head[:last_boundary(body.head, "ndjson")], body.tail.partition(b"\n")[2]]
     for chunk in chunks:
         for line in chunk.splitlines():
             if line.strip():

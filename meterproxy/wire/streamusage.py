@@ -11,7 +11,8 @@ added, so the client's stream is byte for byte what it would have been:
 
 This is the only code that parses a stream on the proxy's event loop, and only for the flows it
 changed: per chunk it splits complete SSE events, and parses the JSON of an event only when it
-holds a usage object. A request that already says ``include_usage`` (true or false) is left
+holds a usage object; it holds back at most one incomplete event of up to ``HOLD_LIMIT`` bytes.
+A request that already says ``include_usage`` (true or false) is left
 alone, as is a response with a ``Content-Encoding`` (it cannot be edited in flight).
 """
 
@@ -28,6 +29,9 @@ NULL_USAGE_PROVIDERS = frozenset({"openai", "azure"})
 """Providers that add ``"usage":null`` to every chunk when ``include_usage`` is set."""
 
 _EVENT_SPLIT = re.compile(b"(" + EVENT_END.pattern + b")")
+HOLD_LIMIT = 1024 * 1024
+"""The longest incomplete event held back; a longer one is passed on unchanged as it comes
+(its ``"usage":null`` stays: a usage-only chunk is never this long)."""
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 
@@ -54,30 +58,48 @@ def inject(body: bytes) -> bytes | None:
 
 class UsageChunkStripper:
     """A ``flow.response.stream`` callable: the tap sees every byte, the client the stream
-    without what ``include_usage`` added. Holds back at most one incomplete event."""
+    without what ``include_usage`` added. Holds back at most one incomplete event (``HOLD_LIMIT``)."""
 
-    __slots__ = ("tap", "strip_null_usage", "_pending")
+    __slots__ = ("tap", "strip_null_usage", "_pending", "_passing")
 
     def __init__(self, tap: ResponseTap, strip_null_usage: bool):
         self.tap = tap
         self.strip_null_usage = strip_null_usage
         self._pending = b""
+        self._passing = False
+        """Inside an event longer than ``HOLD_LIMIT``: passed on as it comes, unchanged."""
 
     def __call__(self, chunk: bytes) -> list[bytes]:
         self.tap(chunk)
         if not chunk:  # end of the body: whatever is left is a last event without a blank line
             rest, self._pending = self._pending, b""
-            cleaned = self._clean(rest) if rest else b""
+            cleaned = self._clean(rest) if rest and not self._passing else rest
             return [cleaned] if cleaned else []
+        out: list[bytes] = []
+        if self._passing:
+            # The 3 bytes held back may start the separator that ends the long event.
+            data = self._pending + chunk
+            match = EVENT_END.search(data)
+            if match is None:
+                self._pending = data[-3:]
+                return [data[:-3]] if len(data) > 3 else []
+            out.append(data[:match.end()])
+            self._passing, self._pending, chunk = False, b"", data[match.end():]
+            if not chunk:
+                return out
         data = self._pending + chunk
         end = max((i + len(sep) for sep in EVENT_SEPARATORS if (i := data.rfind(sep)) >= 0), default=0)
         if not end:
-            self._pending = data
-            return []
+            if len(data) > HOLD_LIMIT:  # no usage chunk is this long: stop holding it back
+                self._passing, self._pending = True, data[-3:]
+                out.append(data[:-3])
+            else:
+                self._pending = data
+            return out
         complete, self._pending = data[:end], data[end:]
         cleaned = self._clean(complete)
         # Never hand mitmproxy an empty chunk: on a chunked HTTP/1.1 response it ends the body.
-        return [cleaned] if cleaned else []
+        return out + [cleaned] if cleaned else out
 
     def _clean(self, data: bytes) -> bytes:
         parts = _EVENT_SPLIT.split(data)
