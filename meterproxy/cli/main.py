@@ -19,6 +19,7 @@ import click
 from meterproxy import __version__
 from meterproxy.cli import ledger_commands, outbox_commands, price_commands, proxy_commands
 from meterproxy.errors import MeterproxyError
+from meterproxy.files import PRIVATE_UMASK
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +41,7 @@ cli.add_command(price_commands.reprice_command)
 
 def main() -> None:
     """Entry point: run the CLI, turning expected failures into one-line errors."""
+    os.umask(PRIVATE_UMASK)  # what meterproxy creates (ledger, logs, certs, archives) is the user's only
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:
