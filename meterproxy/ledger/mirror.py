@@ -47,8 +47,9 @@ class JsonlMirror:
         self._db: Database | None = None
         self._upto: int | None = None
         """The rowid of the last call mirrored."""
-        self.behind = False
-        """A write failed: rows of the ledger wait to be mirrored (the writer calls again when idle)."""
+        self.behind = True
+        """Rows of the ledger may wait to be mirrored (a write failed, or the mirror has not looked yet):
+        the writer calls again when idle."""
         self.last_error: str | None = None
         self._retry_at = 0.0
         self._logged_at = 0.0
@@ -69,7 +70,7 @@ class JsonlMirror:
         except (OSError, sqlite3.Error, MeterproxyError) as e:
             self._failed(e)
             return
-        if self.behind:
+        if self.last_error:
             log.warning("JSONL mirror in %s caught up with the ledger", self.logs_dir)
         self.behind = False
         self.last_error = None
