@@ -115,20 +115,14 @@ class FullDisk:
 
     def fill(self, proxy: ProxyProcess) -> None:
         if self.mounted:
-            with open(self.filler, "wb") as f:
+            fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            for size in (65536, 4096, 512, 1):  # to the last byte
                 try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
+                    while os.write(fd, b"\0" * size) == size:
+                        pass
                 except OSError:
                     pass
-            with open(self.filler, "ab") as f:  # the last page-cache bytes too
-                try:
-                    while True:
-                        f.write(b"\0" * 512)
-                        f.flush()
-                except OSError:
-                    pass
+            os.close(fd)
         else:  # no mount allowed: no file of the proxy may grow any more
             self.pid = proxy.proc.pid
             biggest = max(p.stat().st_size for p in self.home.rglob("*") if p.is_file())
