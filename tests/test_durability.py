@@ -12,8 +12,8 @@ import json
 import os
 import resource
 import signal
-import ssl
 import sqlite3
+import ssl
 import stat
 import subprocess
 import sys

@@ -57,6 +57,20 @@ def _value(value: Any) -> Any:
     return value
 
 
+def spooled(spool: Path) -> int:
+    """Calls in the journals of ``spool``: not yet known to be in the ledger (for ``status`` from another process).
+
+    Counts what a running writer holds until its next commit, and what stopped writers left.
+    """
+    total = 0
+    for path in spool.glob("journal-*.jsonl") if spool.is_dir() else ():
+        try:
+            total += Journal(path).count()
+        except OSError:
+            continue
+    return total
+
+
 class Journal:
     """One append-only file of records, locked by its writer for as long as it runs."""
 
@@ -70,7 +84,8 @@ class Journal:
     def own(cls, spool: Path) -> Journal:
         """This process's journal in ``spool`` (created, locked)."""
         private_dir(spool)
-        journal = cls(spool / f"journal-{os.getpid()}.jsonl")
+        # The pid names the owner; the random part keeps a restarted container's pid 1 off its predecessor's file.
+        journal = cls(spool / f"journal-{os.getpid()}-{os.urandom(4).hex()}.jsonl")
         if not journal.lock():
             raise OSError(f"{journal.path} is locked by another process")
         return journal

@@ -227,9 +227,9 @@ class LedgerWriter:
             self._unjournaled = []
         except Exception as e:
             self._replaying = None  # start the file over: what was written is skipped
-            if not _transient(e):
-                raise
-            self._failed_write(str(e))
+            if not _transient(e) and self._failing_since is None:
+                log.exception("unexpected error writing to %s (retrying)", self.ledger_path)
+            self._failed_write(str(e) if _transient(e) else f"{type(e).__name__}: {e}")
             if db is not None and not _usable(db):
                 db = _closed(db)
             return db
