@@ -316,7 +316,7 @@ class LedgerWriter:
         self._retry_at = now + self._retry_delay
         if now - self._logged_at >= LOG_EVERY:
             self._logged_at = now
-            log.warning("cannot write calls to %s: %s; %d calls kept (%d in %s only), retrying",
+            log.warning("cannot write calls to %s: %s; %d waiting (%d of them in %s only), retrying",
                         self.ledger_path, error, self.backlog, sum(self._spools.values()), self.spool_dir)
 
     def _recovered(self) -> None:
