@@ -51,7 +51,11 @@ class Soak:
         self.port = free_port()
         self.completed: dict[str, float] = {}
         self.failed = 0
-        self.delays: list[float] = []
+        self.failed_while_down = 0
+        self.delays: list[tuple[float, float]] = []
+        """(when received, how late) of every stream event of completed calls."""
+        self.full_between: tuple[float, float] | None = None
+        self.down_between: tuple[float, float] | None = None
         self.killed_at: float | None = None
         self.outputs: list[str] = []
         self.proxy = self.start_proxy()
@@ -69,9 +73,11 @@ class Soak:
             return
         used = sum(p.stat().st_blocks * 512 for p in self.home.rglob("*") if p.is_file())
         self.resize(str(used // 4096 * 4096 + 8192))
+        full_at = time.monotonic()
         print(f"{time.strftime('%H:%M:%S')} disk full ({used // 1024} KiB used) for {length:.0f} s", file=sys.stderr)
         await asyncio.sleep(length)
         self.resize("1g")
+        self.full_between = (full_at, time.monotonic())
         print(f"{time.strftime('%H:%M:%S')} disk has room again", file=sys.stderr)
 
     async def kill_and_restart(self, at: float) -> None:
@@ -82,6 +88,7 @@ class Soak:
         self.outputs.append(self.proxy.output())
         print(f"{time.strftime('%H:%M:%S')} SIGKILL; restarting", file=sys.stderr)
         self.proxy = await asyncio.to_thread(self.start_proxy)
+        self.down_between = (self.killed_at, time.monotonic())
 
     async def load(self) -> None:
         verify = ssl.create_default_context(cafile=str(self.home / "certs" / "ca-bundle.pem"))
@@ -99,8 +106,11 @@ class Soak:
                 try:
                     await self.stream(http, url, body, headers | {"x-meterproxy-task": task}, task)
                 except httpx.HTTPError:
-                    self.failed += 1
-                    await asyncio.sleep(0.2)
+                    if self.killed_at and not self.down_between:
+                        self.failed_while_down += 1
+                    else:
+                        self.failed += 1
+                    await asyncio.sleep(0.5)
 
         async with http:
             await asyncio.gather(*(worker(i) for i in range(self.streams)))
@@ -111,7 +121,8 @@ class Soak:
             async for piece in response.aiter_raw():
                 now = time.monotonic_ns()
                 *events, buffer = (buffer + piece).split(b"\n\n")
-                delays += [(now - int(e[7:e.index(b"\n")])) / 1e9 for e in events if e.startswith(b": sent ")]
+                delays += [(now / 1e9, (now - int(e[7:e.index(b"\n")])) / 1e9)
+                           for e in events if e.startswith(b": sent ")]
             ok = response.status_code == 200 and len(delays) >= SCENARIO.chunks
         if not ok:
             self.failed += 1
@@ -147,15 +158,25 @@ class Soak:
                 except (ValueError, KeyError):
                     torn += 1
         output = "".join(self.outputs)
+
+        def stall(during: tuple[float, float] | None = None, outside: tuple = ()) -> float | None:
+            late = [d for at, d in self.delays
+                    if (during is None or during[0] <= at <= during[1] + 1)
+                    and not any(w and w[0] <= at <= w[1] + 1 for w in outside)]
+            return round(max(late), 3) if late else None
+
         return {
             "seconds": self.seconds, "streams": self.streams, "disk_full_episode": self.tmpfs,
-            "calls_made": len(self.completed), "calls_failed_by_the_kill_or_errors": self.failed,
+            "calls_made": len(self.completed), "calls_failed_while_proxy_down": self.failed_while_down,
+            "calls_failed_otherwise": self.failed,
             "calls_recorded": len(stored), "duplicates": len(tasks) - len(stored),
             "missing": len(missing), "missing_outside_last_250ms": len(missing - window),
             "jsonl_lines": lines, "jsonl_torn_lines": torn, "jsonl_duplicates": len(mirrored) - len(set(mirrored)),
             "jsonl_missing": len(stored - set(mirrored)),
-            "max_stall_s": round(max(self.delays), 3) if self.delays else None,
-            "p99_event_delay_s": round(percentile(self.delays, 99) or 0, 3),
+            "max_stall_s": stall(outside=(self.down_between,)),
+            "max_stall_s_normal": stall(outside=(self.down_between, self.full_between)),
+            "max_stall_s_disk_full": stall(self.full_between),
+            "p99_event_delay_s": round(percentile([d for _, d in self.delays], 99) or 0, 3),
             "tracebacks": output.count("Traceback"),
             "write_failure_lines": output.count("cannot write calls to"),
             "exit_code": exit_code,
