@@ -161,7 +161,7 @@ class LedgerWriter:
             if (self._pending or self._spools) and due and now >= self._retry_at:
                 db = self._flush(db)
             elif self._lagging() and now >= self._retry_at:
-                self._notify([])
+                self._catch_up()
         deadline = time.monotonic() + STOP_RETRY
         while (self._pending or self._spools) and time.monotonic() < deadline:
             time.sleep(max(0.0, min(self._retry_at, deadline) - time.monotonic()))
@@ -300,6 +300,15 @@ class LedgerWriter:
                 listener(records)
             except Exception:
                 log.exception("after-commit step %r failed", listener)
+
+    def _catch_up(self) -> None:
+        """Call again the after-commit steps that wait to catch up, with no new calls."""
+        for listener in self.after_commit:
+            if getattr(listener, "behind", False):
+                try:
+                    listener([])
+                except Exception:
+                    log.exception("after-commit step %r failed", listener)
 
     def _lagging(self) -> bool:
         """An after-commit step that failed and waits to catch up (the JSONL mirror)."""
