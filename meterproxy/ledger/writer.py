@@ -236,7 +236,7 @@ class LedgerWriter:
         self._recovered()
         return db
 
-    def _replay_some(self, db: Database, batches: int = 10) -> None:
+    def _replay_some(self, db: Database, batches: int = 2) -> None:
         """Write up to ``batches`` batches from the first spooled journal (dropping it when done)."""
         journal = next(iter(self._spools))
         if self._replaying is None:
