@@ -36,9 +36,11 @@ def make_private(path: Path) -> None:
         path.chmod(stat.S_IMODE(info.st_mode) & wanted)
 
 
-def make_tree_private(root: Path) -> None:
-    """:func:`make_private` for ``root`` and everything under it (symlinks are not followed)."""
+def make_tree_private(root: Path, depth: int = 2) -> None:
+    """:func:`make_private` for ``root`` and what lies up to ``depth`` levels under it (the home's
+    layout is two deep: ``logs/2026-11-22.jsonl``); symlinks are not followed."""
     make_private(root)
-    for folder, folders, files in os.walk(root):
-        for name in folders + files:
-            make_private(Path(folder, name))
+    if depth <= 0 or root.is_symlink() or not root.is_dir():
+        return
+    for child in root.iterdir():
+        make_tree_private(child, depth - 1)

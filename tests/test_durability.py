@@ -246,6 +246,10 @@ def test_home_files_private_whatever_the_home_mode_was(home, upstream, start_pro
     (home / "config.toml").chmod(0o644)
     old_umask = os.umask(0o022)
     try:
+        with sqlite3.connect(home / "ledger.db") as db:  # an older ledger, created 0644
+            db.execute("PRAGMA journal_mode=wal")
+            db.execute("CREATE TABLE IF NOT EXISTS notes (x)")
+        assert stat.S_IMODE((home / "ledger.db").stat().st_mode) == 0o644
         proxy = start_proxy(f"localhost:{upstream.port}=openai")
         send_calls(upstream, proxy, ["one", "two"], stream=False)
         assert wait_for(lambda: len(proxy.rows()) == 2 and len(mirror_tasks(home)) == 2)
