@@ -19,6 +19,7 @@ import base64
 import json
 import os
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,14 @@ def encode(record: Record) -> bytes:
         key: {_BYTES: base64.b64encode(value).decode("ascii")} if isinstance(value, bytes) else value
         for key, value in record.row.items()
     }
-    return json.dumps([record.table, row], separators=(",", ":")).encode("utf-8") + b"\n"
+    return json.dumps([record.table, row], separators=(",", ":"), default=_plain).encode("utf-8") + b"\n"
+
+
+def _plain(value: Any) -> Any:
+    """A value JSON has no type for (none of the ledger's columns should hold one): a number or its text."""
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
 
 
 def decode(line: bytes) -> Record | None:

@@ -350,7 +350,10 @@ class LedgerWriter:
             log.warning("stopping with %d calls not in %s (%s): %d kept in %s for the next start, %d lost",
                         left, self.ledger_path, self._last_error, left - lost, self.spool_dir, lost)
         elif self._journal is not None:
-            self._journal.remove()
+            try:
+                self._journal.remove()
+            except OSError:
+                pass  # an empty journal: adopted and dropped at the next start
         for journal in self._spools:
             journal.close()
         if self._journal is not None:
