@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from meterproxy.errors import MeterproxyError
+from meterproxy.files import make_tree_private
 
 DEFAULT_HOME = "~/.meterproxy"
 
@@ -250,10 +251,11 @@ class Home:
         return self.root / "config.toml"
 
     def ensure(self) -> Home:
-        """Create the home and certs directories (private to the user)."""
+        """Create the home and certs directories; everything in the home is made private to the user."""
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.certs.mkdir(mode=0o700, exist_ok=True)
+            make_tree_private(self.root)
         except OSError as e:
             raise MeterproxyError(f"cannot use home directory {self.root}: {e.strerror}") from e
         return self

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 _rng = random.Random(20261122)
 ALNUM = string.ascii_letters + string.digits
+_HEX = "0123456789abcdef"
 
 
 def rand(n: int, alphabet: str = ALNUM) -> str:
@@ -162,6 +163,24 @@ CORPUS: list[Planted] = [
     Planted("[AMOUNT]", t := "$48,250.00", t),
     Planted("[AMOUNT]", t := "$1.2M", t),
     Planted("[AMOUNT]", t := "$37", t),
+    # Keys of every metered provider, prefixed or bare in key-like context (appended: the values above stay)
+    Planted("[REDACTED:api_key]", "the Azure OpenAI key is " + (t := rand(32, _HEX)) + ", region westeurope", t),
+    Planted("[REDACTED:api_key]", "Azure AI Foundry key: " + (t := rand(84)), t),
+    _key("groq_key", "gsk_" + rand(52)),
+    _key("xai_key", "xai-" + rand(80)),
+    Planted("[REDACTED:api_key]", "my Mistral key " + (t := rand(32)), t),
+    _key("together_key", "tgp_v1_" + rand(43, ALNUM + "-_")),
+    Planted("[REDACTED:api_key]", "the Together API key is " + (t := rand(64, _HEX)), t),
+    _key("fireworks_key", "fw_" + rand(24)),
+    _key("openai_key", "sk-" + rand(32, _HEX)),  # DeepSeek: OpenAI's shape
+    _key("openrouter_key", "sk-or-v1-" + rand(64, _HEX)),
+    Planted("[REDACTED:google_key]", "GEMINI_API_KEY=" + (t := "AIza" + rand(35, ALNUM + "-_")), t),
+    _key("perplexity_key", "pplx-" + rand(48)),
+    _key("cerebras_key", "csk-" + rand(48, string.ascii_lowercase + string.digits)),
+    _key("nvidia_key", "nvapi-" + rand(64, ALNUM + "-_")),
+    _key("replicate_token", "r8_" + rand(37)),
+    # An address at the end of a sentence
+    Planted("[IP:private]", "the database answers on " + (t := "10.42.17.233") + ".", t),
 ]
 
 

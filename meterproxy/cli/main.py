@@ -20,6 +20,7 @@ import click
 
 from meterproxy import __version__
 from meterproxy.errors import MeterproxyError
+from meterproxy.files import PRIVATE_UMASK
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "start": ("proxy_commands:start", "Run the metering proxy in the foreground."),
@@ -90,6 +91,7 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point: run the CLI, turning expected failures into one-line errors."""
+    os.umask(PRIVATE_UMASK)  # what meterproxy creates (ledger, logs, certs, archives) is the user's only
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from meterproxy.errors import MeterproxyError
+from meterproxy.files import make_private
 from meterproxy.ledger import rollup
 from meterproxy.providers.usage import TOKEN_FIELDS
 
@@ -210,6 +211,8 @@ def connect(path: Path) -> Database:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         db = Database(conn)
         db.enable_wal()
+        for created in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            make_private(created)  # SQLite gives -wal and -shm the ledger's mode from now on
         db.execute("PRAGMA synchronous=NORMAL")
         migrations.apply(db)
     except (OSError, sqlite3.Error) as e:

@@ -48,6 +48,29 @@ def _vendor_key(match: re.Match[str], text: str) -> Span | None:
     return match.span()
 
 
+_KEY_CONTEXT = re.compile(
+    r"(?i)(?<![a-z0-9])(?:azure|openai|mistral|together|fireworks|deepseek|groq|xai|grok|cohere|gemini|perplexity"
+    r"|openrouter|api|key|subscription|secret|token|credential|auth)s?(?![a-z0-9])"
+    r"[^\w\n|;,.]{0,3}(?:\w{1,12}[^\w\n|;,.]{1,3}){0,3}\Z"
+)
+"""A key's name or its provider's, then at most three short words of the same clause (``the Azure OpenAI key is ``)."""
+
+
+def _key_in_context(match: re.Match[str], text: str) -> Span | None:
+    """A bare key (Azure's 32 hex, Mistral's 32, Together's 64 hex...): random, whole, and named as a
+    key or a provider shortly before it on the same line."""
+    start, end = match.span()
+    value = match.group()
+    if _glued(text, start, end, "_+/=-") or not looks_random(value):
+        return None
+    if not (any(c.isdigit() for c in value) and any(c.isalpha() for c in value)):
+        return None
+    if _NAMED_VALUE.search(text, max(0, start - 80), start):
+        return None  # ``API_KEY=...``: the assignment rule names it
+    return match.span() if _KEY_CONTEXT.search(text, max(0, start - 80), start) else None
+
+
+
 def _aws_secret(match: re.Match[str], text: str) -> Span | None:
     value = match.group()
     if len(value) != 40 or not _AWS_SECRET_CHARS.fullmatch(value):
@@ -214,7 +237,11 @@ def _phone(match: re.Match[str], text: str) -> Span | None:
 
 def _ipv4(match: re.Match[str], text: str) -> Span | None:
     start, end = match.span()
-    if _glued(text, start, end, "._-") or any(int(part) > 255 for part in match.group().split(".")):
+    # A full stop ending the sentence is no part of the address ("... on 10.42.17.233."); a dot
+    # followed by more of a token is (a version, a longer dotted name).
+    sentence_end = text[end:end + 1] == "." and not (_after(text, end + 1).isalnum() or _after(text, end + 1) in "._-")
+    glued = _glued(text, start, end, "_-" if sentence_end else "._-")
+    if glued or any(int(part) > 255 for part in match.group().split(".")):
         return None
     return match.span()
 
@@ -270,6 +297,8 @@ _ASSIGNMENT = re.compile(
     r"|(?P<bare>[^\s\"'`,;<>(){}\[\]\\]{1,500}))"
 )
 _VALUE_GROUPS = ("dq", "sq", "bq", "bare")
+_NAMED_VALUE = re.compile(rf"(?i)(?:{_PASSWORD_NAMES}|{_SECRET_NAMES})[\"']?[ \t]*(?::=|=>|[:=])[ \t]*[\"'`]?\Z")
+"""The end of ``api_key = "``: what follows is the assignment rule's to judge."""
 _REFERENCE = re.compile(r"[$%<]|\{\{|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\Z|process\.env|os\.environ")
 _NOT_SECRETS = {
     "none", "null", "nil", "true", "false", "undefined", "str", "string", "bytes", "int", "optional",
@@ -340,6 +369,7 @@ SECRET_RULES: tuple[Rule, ...] = (
         r"PRIVATE KEY(?: BLOCK)?-----|(?:[A-Za-z0-9+/=\s:,-]|\\[nr])*)",
         triggers=("PRIVATE KEY",),
     ),
+    _rule("openrouter_key", r"sk-or-v1-(?P<body>[a-f0-9]{64})", check=_vendor_key, triggers=("sk-or-",)),
     _rule("anthropic_key", r"sk-ant-(?P<body>[A-Za-z0-9_-]{20,400})", check=_vendor_key, triggers=("sk-ant-",)),
     _rule("openai_key", r"sk-(?:proj-|svcacct-|admin-)?(?P<body>[A-Za-z0-9_-]{20,400})", check=_vendor_key,
           triggers=("sk-",)),
@@ -352,6 +382,14 @@ SECRET_RULES: tuple[Rule, ...] = (
           triggers=("hooks.slack.com",)),
     _rule("stripe_key", r"(?:(?:sk|rk|pk)_(?:live|test)|whsec)_(?P<body>[A-Za-z0-9]{10,255})", check=_vendor_key,
           triggers=("_live_", "_test_", "whsec_")),
+    _rule("groq_key", r"gsk_(?P<body>[A-Za-z0-9]{40,64})", check=_vendor_key, triggers=("gsk_",)),
+    _rule("xai_key", r"xai-(?P<body>[A-Za-z0-9]{40,120})", check=_vendor_key, triggers=("xai-",)),
+    _rule("together_key", r"tgp_v1_(?P<body>[A-Za-z0-9_-]{30,80})", check=_vendor_key, triggers=("tgp_v1_",)),
+    _rule("fireworks_key", r"fw_(?P<body>[A-Za-z0-9]{20,60})", check=_vendor_key, triggers=("fw_",)),
+    _rule("perplexity_key", r"pplx-(?P<body>[A-Za-z0-9]{40,64})", check=_vendor_key, triggers=("pplx-",)),
+    _rule("cerebras_key", r"csk-(?P<body>[a-z0-9]{40,64})", check=_vendor_key, triggers=("csk-",)),
+    _rule("nvidia_key", r"nvapi-(?P<body>[A-Za-z0-9_-]{60,80})", check=_vendor_key, triggers=("nvapi-",)),
+    _rule("replicate_token", r"r8_(?P<body>[A-Za-z0-9]{30,40})", check=_vendor_key, triggers=("r8_",)),
     _rule("huggingface_token", r"hf_(?P<body>[A-Za-z0-9]{30,255})", check=_vendor_key, triggers=("hf_",)),
     _rule("jwt", r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*", triggers=("eyJ",)),
     _rule("aws_access_key", r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}",
@@ -375,6 +413,7 @@ SECRET_RULES: tuple[Rule, ...] = (
         triggers=("cookie",), lower=True,
     ),
     _rule("password", r"://[^\s:/@\"'<>]{1,100}:(?P<s>[^\s/@\"'<>]{1,200})@", triggers=("://",)),
+    _rule("api_key", r"(?<![A-Za-z0-9])[A-Za-z0-9]{32,84}(?![A-Za-z0-9])", check=_key_in_context),
 )
 """Credentials. Where spans overlap, the rule listed first names the merged finding."""
 
