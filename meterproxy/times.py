@@ -8,7 +8,9 @@ time) sets it, so reports and budgets can be reproduced and tested for any date.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 NOW_ENV = "METERPROXY_NOW"
 
@@ -45,3 +47,18 @@ def now() -> datetime:
     except ValueError:
         raise ValueError(f"{NOW_ENV}={fixed!r} is not an ISO time") from None
     return (moment if moment.tzinfo else moment.astimezone()).astimezone(UTC)
+
+
+def local_zone() -> tzinfo:
+    """The local zone with its DST rules: ``$TZ``, else ``/etc/localtime``, else today's offset."""
+    key = os.environ.get("TZ", "").lstrip(":")
+    if not key:
+        key = str(Path("/etc/localtime").resolve()).partition("/zoneinfo/")[2]
+    try:
+        if key:
+            return ZoneInfo(key)
+        with Path("/etc/localtime").open("rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError, ZoneInfoNotFoundError):
+        # A POSIX TZ string or no zone database: the C library's current offset, without DST rules.
+        return datetime.now().astimezone().tzinfo or UTC

@@ -8,18 +8,16 @@ token limit of the same scope and window count the same calls.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
-from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from meterproxy.config import BudgetLimits, Budgets
 from meterproxy.money import to_picousd
-from meterproxy.times import now
+from meterproxy.times import local_zone, now
 
 Window = Literal["day", "month", "life"]
 Unit = Literal["usd", "tokens"]
@@ -100,15 +98,7 @@ def zone_of(name: str | None) -> tzinfo:
     """``[budgets] tz``: UTC, an IANA zone, or (unset) the machine's local zone."""
     if name:
         return UTC if name.upper() == "UTC" else ZoneInfo(name)
-    try:
-        if key := os.environ.get("TZ", "").lstrip(":"):
-            return ZoneInfo(key)
-        key = str(Path("/etc/localtime").resolve()).partition("/zoneinfo/")[2]
-        if key:
-            return ZoneInfo(key)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        pass
-    return datetime.now().astimezone().tzinfo or UTC
+    return local_zone()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,14 +7,12 @@ input raises :class:`ValueError` with a message fit for the user.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from meterproxy.times import parse_iso
+from meterproxy.times import local_zone, parse_iso
 
 _LAST = re.compile(r"(\d+)([hdw])")
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
@@ -40,21 +38,6 @@ def zone_named(name: str | None, utc: bool = False) -> tzinfo:
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Paris)") from None
     return local_zone()
-
-
-def local_zone() -> tzinfo:
-    """The local zone with its DST rules: ``$TZ``, else ``/etc/localtime``, else today's offset."""
-    key = os.environ.get("TZ", "").lstrip(":")
-    if not key:
-        key = str(Path("/etc/localtime").resolve()).partition("/zoneinfo/")[2]
-    try:
-        if key:
-            return ZoneInfo(key)
-        with Path("/etc/localtime").open("rb") as f:
-            return ZoneInfo.from_file(f, key="localtime")
-    except (OSError, ValueError, ZoneInfoNotFoundError):
-        # A POSIX TZ string or no zone database: the C library's current offset, without DST rules.
-        return datetime.now().astimezone().tzinfo or UTC
 
 
 def zone_label(zone: tzinfo) -> str:
