@@ -17,7 +17,7 @@ import sys
 import click
 
 from meterproxy import __version__
-from meterproxy.cli import ledger_commands, outbox_commands, price_commands, proxy_commands
+from meterproxy.cli import doctor_commands, ledger_commands, outbox_commands, price_commands, proxy_commands
 from meterproxy.errors import MeterproxyError
 
 
@@ -36,6 +36,8 @@ cli.add_command(ledger_commands.archive_command)
 cli.add_command(outbox_commands.forward)
 cli.add_command(price_commands.pricing)
 cli.add_command(price_commands.reprice_command)
+cli.add_command(doctor_commands.status)
+cli.add_command(doctor_commands.stop)
 
 
 def main() -> None:

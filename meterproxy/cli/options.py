@@ -8,7 +8,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,15 @@ from meterproxy import times
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import connect
-from meterproxy.reports.periods import Period, day_period, last_period, month_period, range_period, zone_named
+from meterproxy.reports.periods import (
+    Period,
+    day_period,
+    last_period,
+    local_zone,
+    month_period,
+    range_period,
+    zone_named,
+)
 from meterproxy.reports.query import FILTERS, Filters
 
 
@@ -102,20 +110,28 @@ def _period(
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--tz'") from None
     local_day = now.astimezone(zone).date()
+    period = None
     try:
         if today or (today_by_default and not chosen):
-            return day_period(local_day, zone, "today")
-        if yesterday:
-            return day_period(local_day - timedelta(days=1), zone, "yesterday")
-        if last is not None:
-            return last_period(last, zone, now)
-        if from_ is not None or to is not None:
-            return range_period(from_, to, zone, now)
-        if month is not None:
-            return month_period(month, zone, now)
+            period = day_period(local_day, zone, "today")
+        elif yesterday:
+            period = day_period(local_day - timedelta(days=1), zone, "yesterday")
+        elif last is not None:
+            period = last_period(last, zone, now)
+        elif from_ is not None or to is not None:
+            period = range_period(from_, to, zone, now)
+        elif month is not None:
+            period = month_period(month, zone, now)
+        if period is not None:  # the ledger is queried in UTC: both ends must exist there too
+            period.start.astimezone(UTC).timestamp(), period.end.astimezone(UTC).timestamp()
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint=f"'{chosen[0]}'") from None
-    return None
+    except OverflowError:
+        raise click.BadParameter(OUT_OF_RANGE, param_hint=f"'{chosen[0]}'") from None
+    return period
+
+
+OUT_OF_RANGE = "out of range: dates must lie between 0001-01-02 and 9999-12-30"
 
 
 def wide_console() -> Console:
@@ -127,12 +143,19 @@ def when(text: str, end_of_day: bool = False) -> datetime:
     """YYYY-MM-DD as local midnight (the next one for an inclusive end), or an ISO time."""
     try:
         if len(text) == 10:
-            day = datetime.strptime(text, "%Y-%m-%d").date() + timedelta(days=int(end_of_day))
-            return datetime.combine(day, time()).astimezone()
-        moment = times.parse_iso(text)
+            day = datetime.strptime(text, "%Y-%m-%d").date()
+        else:
+            moment = times.parse_iso(text)
     except ValueError as e:
         raise click.BadParameter(f"{text!r}: expected YYYY-MM-DD or an ISO time") from e
-    return moment if moment.tzinfo else moment.astimezone()
+    try:
+        if len(text) == 10:
+            moment = datetime.combine(day + timedelta(days=int(end_of_day)), time())
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=local_zone())
+        moment.astimezone(UTC).timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise click.BadParameter(f"{text!r}: {OUT_OF_RANGE}") from None
+    return moment
 
 
 def now() -> datetime:
@@ -154,3 +177,17 @@ def setup_logging(verbose: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("meterproxy").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def existing(home: Home) -> Home:
+    """``home`` for a command that only reads it: a missing home is an error, and nothing is created."""
+    if not home.root.is_dir():
+        raise MeterproxyError(
+            f"no meterproxy home at {home.root} (check --home or METERPROXY_HOME; `meterproxy start` creates it)"
+        )
+    return home
+
+
+def read_ledger(home: Home):
+    """The ledger of an existing home (see :func:`existing`)."""
+    return connect(existing(home).ledger)
