@@ -13,6 +13,7 @@ import time
 import click
 
 from meterproxy.app.state import ProxyState, is_meterproxy, read_state, stale_pid, state_path
+from meterproxy.cli import options
 from meterproxy.cli.options import home_option
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
@@ -98,3 +99,35 @@ def stop(home: Home, timeout: float) -> None:
     if state_path(home).exists():
         raise MeterproxyError(f"the proxy (pid {state.pid}) exited without cleaning up: check its output")
     click.echo(f"stopped meterproxy (pid {state.pid}, port {state.port}); every queued call was written")
+
+
+MARKS = {"ok": ("ok", "green"), "warn": ("WARN", "yellow"), "fail": ("FAIL", "red")}
+
+
+@click.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(home: Home, as_json: bool) -> None:
+    """Check the proxy, the CA and trust stores, this shell's environment, Node, tiktoken, the
+    prices, the ledger and the forwarding backlog; each problem with its fix. Exit 1 on any fail."""
+    from meterproxy.app.doctor import run_checks
+
+    checks = run_checks(home, os.environ, options.now())
+    counts = {status: sum(c.status == status for c in checks) for status in ("ok", "warn", "fail")}
+    if as_json:
+        click.echo(json.dumps({
+            "home": str(home.root), "ok": not counts["fail"], "counts": counts,
+            "checks": [check.as_json() for check in checks],
+        }, indent=2))
+    else:
+        width = max(len(check.name) for check in checks)
+        color = sys.stdout.isatty()
+        click.echo(f"meterproxy doctor: {home.root}")
+        for check in checks:
+            mark, hue = MARKS[check.status]
+            label = click.style(f"{mark:<4}", fg=hue, bold=check.status != "ok") if color else f"{mark:<4}"
+            click.echo(f"{label}  {check.name:<{width}}  {check.summary}")
+            if check.fix:
+                click.echo(f"{'':<4}  {'':<{width}}  fix: {check.fix}")
+        click.echo(f"{counts['fail']} fail, {counts['warn']} warn, {counts['ok']} ok")
+    sys.exit(1 if counts["fail"] else 0)

@@ -38,6 +38,7 @@ cli.add_command(price_commands.pricing)
 cli.add_command(price_commands.reprice_command)
 cli.add_command(doctor_commands.status)
 cli.add_command(doctor_commands.stop)
+cli.add_command(doctor_commands.doctor)
 
 
 def main() -> None:
