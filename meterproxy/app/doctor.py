@@ -51,7 +51,7 @@ TIKTOKEN_TIMEOUT = 30.0
 """Seconds tiktoken gets to load its encodings from the cache."""
 PRICES_STALE_DAYS = 90
 WRITER_BACKLOG_WARN = 1000
-FIX_ENV = 'eval "$(meterproxy env)" in this shell, or start agents with `meterproxy run -- CMD`'
+FIX_ENV = 'eval "$(meterproxy env)" in this shell, or run agents with `meterproxy run -- CMD`'
 
 
 @dataclass
@@ -211,11 +211,11 @@ def _store_check(
         if not Path(value).is_file():
             return Check(name, severity, f"{variable}={value}: no such file, so {consequence}", FIX_ENV, details)
         if holds_ca(value, ca):
-            return Check(name, "ok", f"{variable} holds the meterproxy CA ({clients})", None, details)
+            return Check(name, "ok", f"{variable} holds the meterproxy CA: {clients} trust it", None, details)
         return Check(name, severity, f"{variable}={value} lacks the meterproxy CA, so {consequence}", FIX_ENV,
                      details)
     if fallback is not None and holds_ca(fallback[1], ca):
-        return Check(name, "ok", f"{variable} unset; {fallback[0]} holds the meterproxy CA ({clients})")
+        return Check(name, "ok", f"{variable} unset; {fallback[0]} holds the meterproxy CA: {clients} trust it")
     where = f" and {fallback[0]} lacks the CA" if fallback else ""
     return Check(name, severity, f"{variable} is not set{where}, so {consequence} (base-URL mode needs no CA)",
                  FIX_ENV)
@@ -231,19 +231,19 @@ def check_certifi(context: Context) -> Check:
     covered = [v for v in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
                if context.environ.get(v) and holds_ca(context.environ[v], ca)]
     if len(covered) == 2:
-        return Check("certifi", "ok", "certifi's bundle does not hold the CA (normal): SSL_CERT_FILE and "
-                     "REQUESTS_CA_BUNDLE point Python clients at one that does", None, {"path": bundle})
-    return Check("certifi", "warn", "certifi's bundle does not hold the meterproxy CA: Python clients that use it "
-                 "(requests without REQUESTS_CA_BUNDLE, httpx without SSL_CERT_FILE) reject metered hosts",
-                 FIX_ENV + " (sets SSL_CERT_FILE and REQUESTS_CA_BUNDLE)", {"path": bundle})
+        return Check("certifi", "ok", "certifi's bundle lacks the CA (normal): SSL_CERT_FILE and REQUESTS_CA_BUNDLE "
+                     "name bundles that hold it", None, {"path": bundle})
+    return Check("certifi", "warn", "certifi's bundle lacks the meterproxy CA: requests and httpx reject metered "
+                 "hosts unless REQUESTS_CA_BUNDLE and SSL_CERT_FILE name a bundle that holds it",
+                 FIX_ENV + " (both set them)", {"path": bundle})
 
 
 def check_ssl_cert_file(context: Context) -> Check:
-    return _store_check("ssl_cert_file", "SSL_CERT_FILE", context, "Python clients (ssl, httpx)")
+    return _store_check("ssl_cert_file", "SSL_CERT_FILE", context, "Python's ssl and httpx")
 
 
 def check_node_ca(context: Context) -> Check:
-    return _store_check("node_ca", "NODE_EXTRA_CA_CERTS", context, "Node clients")
+    return _store_check("node_ca", "NODE_EXTRA_CA_CERTS", context, "Node")
 
 
 def check_curl_ca(context: Context) -> Check:
@@ -392,9 +392,9 @@ def check_node(context: Context) -> Check:
     if {"OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"} <= set(base_urls):
         return Check("node", "ok", f"Node {version} ignores HTTPS_PROXY; OPENAI_BASE_URL and ANTHROPIC_BASE_URL "
                      "point at the proxy, so the official SDKs are metered", None, details)
-    return Check("node", "warn", f"Node {version}: fetch ignores HTTPS_PROXY, so Node agents (the openai and "
-                 "@anthropic-ai/sdk packages) reach providers unmetered",
-                 FIX_ENV + " (they set the SDKs' base-URL variables to the proxy)", details)
+    return Check("node", "warn", f"Node {version}'s fetch ignores HTTPS_PROXY: Node agents (openai, "
+                 "@anthropic-ai/sdk) call providers unmetered",
+                 FIX_ENV + " (both point the SDKs' base-URL variables at the proxy)", details)
 
 
 def node_honours_proxy(node: str, environ: Mapping[str, str]) -> bool:

@@ -84,7 +84,7 @@ def _drain(home: Home, forwarding: Forwarding, retry_rejected: bool) -> DrainRep
                 f"of {pending:,}; {waiting[0]}")
 
     sender.on_attempt = on_attempt
-    with ticking(describe):
+    with ticking(describe, every=5.0):
         return sender.drain(retry_rejected)
 
 

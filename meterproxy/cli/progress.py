@@ -27,18 +27,19 @@ def counting(label: str, total: int, unit: str) -> Iterator[Callable[[int], None
             task = bar.add_task(label, total=total)
             yield lambda count: bar.advance(task, count)
         return
-    done = 0
+    done = said = 0
     shown = time.monotonic()
 
     def advance(count: int) -> None:
-        nonlocal done, shown
+        nonlocal done, said, shown
         done += count
         if time.monotonic() - shown >= EVERY:
-            shown = time.monotonic()
+            shown, said = time.monotonic(), done
             _line(label, done, total, unit)
 
     yield advance
-    _line(label, done, total, unit)
+    if said != done or not done:
+        _line(label, done, total, unit)
 
 
 def _line(label: str, done: int, total: int, unit: str) -> None:
