@@ -120,7 +120,7 @@ def check_home(context: Context) -> Check:
         context.config = home.load_config()
     except MeterproxyError as e:
         return Check("home", "fail", str(e), f"fix {home.config_file} (see docs/proxy.md)")
-    configured = "config.toml valid" if home.config_file.exists() else "no config.toml (defaults)"
+    configured = "config.toml valid" if home.config_file.exists() else "no config.toml: defaults"
     return Check("home", "ok", f"{home.root} ({configured})")
 
 
@@ -211,11 +211,11 @@ def _store_check(
         if not Path(value).is_file():
             return Check(name, severity, f"{variable}={value}: no such file, so {consequence}", FIX_ENV, details)
         if holds_ca(value, ca):
-            return Check(name, "ok", f"{variable} holds the meterproxy CA: {clients} trust it", None, details)
+            return Check(name, "ok", f"{variable} holds the meterproxy CA, trusted by {clients}", None, details)
         return Check(name, severity, f"{variable}={value} lacks the meterproxy CA, so {consequence}", FIX_ENV,
                      details)
     if fallback is not None and holds_ca(fallback[1], ca):
-        return Check(name, "ok", f"{variable} unset; {fallback[0]} holds the meterproxy CA: {clients} trust it")
+        return Check(name, "ok", f"{variable} unset; {fallback[0]} holds the meterproxy CA, trusted by {clients}")
     where = f" and {fallback[0]} lacks the CA" if fallback else ""
     return Check(name, severity, f"{variable} is not set{where}, so {consequence} (base-URL mode needs no CA)",
                  FIX_ENV)
