@@ -17,7 +17,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -26,6 +27,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import certifi
+from sqlite_utils import Database
 
 from meterproxy.app.state import ProxyState, read_state, stale_pid
 from meterproxy.config import Config, Home
@@ -33,6 +35,7 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.meter.tokens import ENCODINGS
 from meterproxy.outbox.settings import Forwarding
 from meterproxy.pricing.table import PriceTable
+from meterproxy.reports.query import unpriced_models
 from meterproxy.wire.routes import BUILTIN_ROUTES
 
 Status = Literal["ok", "warn", "fail"]
@@ -485,8 +488,6 @@ def bundled_checked() -> Any:
 
 
 def check_unpriced(context: Context) -> Check:
-    from meterproxy.reports.query import unpriced_models  # reports read the ledger; doctor only asks
-
     ledger = context.home.ledger
     if not ledger.exists():
         return Check("unpriced", "ok", "no ledger yet: no models seen")
@@ -495,8 +496,6 @@ def check_unpriced(context: Context) -> Check:
     except MeterproxyError:
         return Check("unpriced", "warn", "prices do not load (see the pricing check)", "meterproxy pricing check")
     with _read_only(ledger) as db:
-        from sqlite_utils import Database
-
         missing = unpriced_models(Database(db), table)
     if not missing:
         return Check("unpriced", "ok", "every model in the ledger has a price")
@@ -511,17 +510,14 @@ def check_unpriced(context: Context) -> Check:
 # --- the ledger, the writer, the outbox -----------------------------------------------------------
 
 
-class _read_only:
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
     """A read-only SQLite connection (never creates the file, never migrates)."""
-
-    def __init__(self, path: Path):
-        self.connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=2)
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.connection
-
-    def __exit__(self, *_: object) -> None:
-        self.connection.close()
+    connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=2)
+    try:
+        yield connection
+    finally:
+        connection.close()
 
 
 def check_ledger(context: Context) -> Check:

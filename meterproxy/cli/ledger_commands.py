@@ -79,8 +79,9 @@ def calls(
 def _with_archived(
     home: Home, rows: list[dict], filters: Filters, period: Period | None, limit: int
 ) -> list[dict]:
-    """The newest ``limit`` of ``rows`` and the archived calls (archives are read only)."""
-    low, high = (period.start, period.end) if period else (datetime.min.replace(tzinfo=UTC), options.now())
+    """The newest ``limit`` of ``rows`` and of the calls in the archives that may hold some of ``period``."""
+    always = (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
+    low, high = (period.start, period.end) if period else always
     bounds = (period.start, period.end) if period else (None, None)
     for path in archive_files(home.archive, low, high):
         rows += list_calls(connect(path), filters, *bounds, limit=limit)

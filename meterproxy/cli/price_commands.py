@@ -83,8 +83,8 @@ def pricing_check(home: Home, file: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the match and every period's rates as JSON.")
 def pricing_show(home: Home, model: str, provider: str, when: str | None, as_json: bool) -> None:
     """Show the rates MODEL is priced at, and why they match."""
-    table = PriceTable.load(options.existing(home).pricing_file)
     at = options.when(when) if when else options.now().astimezone()
+    table = PriceTable.load(options.existing(home).pricing_file)
     price = table.price(provider.lower(), model, at_utc(at.timestamp()))
     if price is None:
         close = table.suggestions(model)
@@ -165,9 +165,9 @@ def reprice_command(
     home: Home, start: str | None, end: str | None, model: str | None, dry_run: bool, as_json: bool,
 ) -> None:
     """Recompute the cost of stored calls with the current prices, and say what changed."""
-    table = PriceTable.load(options.existing(home).pricing_file)
     since = options.when(start).timestamp() if start else 0.0
     until = options.when(end, end_of_day=True).timestamp() if end else options.now().timestamp() + 1
+    table = PriceTable.load(options.existing(home).pricing_file)
     db = options.read_ledger(home)
     bounds = iso_utc(since), iso_utc(until)
     with counting("reprice", count_calls(db, *bounds), "calls") as advance:
