@@ -87,7 +87,9 @@ def test_calls_include_archive_and_archive_json(home: Path) -> None:
     assert (plan["dry_run"], plan["rows"], plan["archived"]) == (True, 2, 0)
     assert [(m["month"], m["calls"], m["api_calls"]) for m in plan["months"]] == [("2026-06", 1, 0), ("2026-07", 1, 0)]
     assert plan["cutoff"] == "2026-08-24T12:00:00.000Z"
-    done = json.loads(meterproxy("archive", "--older-than", "90d", "--json").stdout)
+    moving = meterproxy("archive", "--older-than", "90d", "--json")
+    assert "archiving: 2 of 2 rows (100%)" in moving.stderr.splitlines()  # progress, on stderr
+    done = json.loads(moving.stdout)
     assert (done["dry_run"], done["rows"], done["archived"]) == (False, 2, 2)
     assert Path(done["months"][0]["file"]).exists()
 

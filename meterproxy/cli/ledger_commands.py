@@ -9,11 +9,10 @@ from datetime import UTC, datetime
 from time import sleep
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from meterproxy.cli import options
 from meterproxy.cli.options import filter_options, home_option, period_options
+from meterproxy.cli.progress import counting
 from meterproxy.config import Home
 from meterproxy.ledger.archive import archive, archive_files, pending
 from meterproxy.ledger.db import connect
@@ -159,12 +158,8 @@ def archive_command(home: Home, older_than: str, dry_run: bool, as_json: bool) -
                        f"{verb} to {month['file']}")
     moved = 0
     if not dry_run and total:
-        with Progress(
-            TextColumn("archiving"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True),
-        ) as progress:
-            task = progress.add_task("archive", total=total)
-            moved = sum(archive(db, home.archive, cutoff, lambda count: progress.advance(task, count)).values())
+        with counting("archiving", total, "rows") as advance:
+            moved = sum(archive(db, home.archive, cutoff, advance).values())
     if as_json:
         click.echo(json.dumps({
             "cutoff": iso_utc(cutoff.timestamp()), "dry_run": dry_run, "rows": total, "archived": moved,
