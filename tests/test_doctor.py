@@ -266,6 +266,8 @@ def test_doctor_counts_the_forwarding_backlog_and_forward_shows_progress(home: P
         )
         code, checks = doctor()
         assert checks["forward"]["status"] == "ok" and "nothing pending" in checks["forward"]["summary"]
+        code, checks = doctor(env={"LOCKN_LOGGER_BATCH_SIZE": "many"})
+        assert checks["forward"]["status"] == "fail" and "LOCKN_LOGGER_BATCH_SIZE" in checks["forward"]["summary"]
         pending_receipts(meter_home, 3)
         code, checks = doctor()
         assert checks["forward"]["status"] == "warn" and "3 receipts pending" in checks["forward"]["summary"]

@@ -583,7 +583,10 @@ def writer_check(state: ProxyState | None) -> Check:
 
 
 def check_forward(context: Context) -> Check:
-    forwarding = Forwarding.resolve(context.config, context.environ)
+    try:
+        forwarding = Forwarding.resolve(context.config, context.environ)
+    except MeterproxyError as e:
+        return Check("forward", "fail", f"forwarding settings: {e}", "fix the LOCKN_LOGGER_* variable")
     ledger = context.home.ledger
     counts = {"pending": 0, "rejected": 0, "delivered": 0}
     oldest = None
