@@ -46,7 +46,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meterproxy.errors import MeterproxyError
-from meterproxy.providers import PROVIDERS
 
 Rate = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 LOCAL_PROVIDERS = frozenset({"ollama", "lmstudio", "llamacpp", "vllm", "local"})
@@ -157,6 +156,10 @@ def _message(error: Any) -> str:
 
 def known_providers() -> frozenset[str]:
     """The names a price entry's ``provider`` may take: every route's provider, and the local ones."""
+    try:  # the parsers' registry, imported only when a price file is read
+        from meterproxy.providers.registry import PROVIDERS
+    except ImportError:  # trees where the registry is the package itself
+        from meterproxy.providers import PROVIDERS  # type: ignore[attr-defined,no-redef]
     return frozenset(PROVIDERS) | LOCAL_PROVIDERS
 
 
