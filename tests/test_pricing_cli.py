@@ -116,6 +116,7 @@ def test_costs_through_the_proxy_keep_their_provenance_and_a_price_fix_reprices_
 
 def test_pricing_show_explains_the_match(home: Path, clock) -> None:
     clock("2026-11-22T12:00:00Z")
+    home.mkdir()
     shown = meterproxy("pricing", "show", "anthropic/claude-sonnet-4.5", env={"TZ": "UTC"})
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("anthropic/claude-sonnet-4.5 -> claude-sonnet-4-5 (anthropic)\n")

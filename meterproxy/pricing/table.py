@@ -31,11 +31,19 @@ from typing import Any, Literal
 
 from meterproxy.errors import MeterproxyError
 from meterproxy.money import to_picousd
-from meterproxy.pricing.file import ModelSpec, PeriodSpec, RatesSpec, locate, parse_text, peak_window, utc_start
+from meterproxy.pricing.file import (
+    LOCAL_PROVIDERS,
+    ModelSpec,
+    PeriodSpec,
+    RatesSpec,
+    locate,
+    parse_text,
+    peak_window,
+    utc_start,
+)
 from meterproxy.providers.usage import Usage
 
 MILLION = Decimal(1_000_000)
-LOCAL_PROVIDERS = frozenset({"ollama", "lmstudio", "llamacpp", "vllm", "local"})
 BUNDLED = "bundled pricing.toml"
 _DATE_SUFFIX = re.compile(r"(?:-(\d{4}-\d{2}-\d{2}|\d{8})|@\d{8})$")
 _BEGINNING = datetime.min.replace(tzinfo=UTC)
