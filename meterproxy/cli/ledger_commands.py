@@ -146,7 +146,7 @@ def archive_command(home: Home, older_than: str, dry_run: bool, as_json: bool) -
         cutoff = last_period(older_than, UTC, options.now()).start
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--older-than'") from None
-    db = options.read_ledger(home)
+    db = options.write_ledger(home)
     plan = pending(db, cutoff)
     total = sum(sum(counts.values()) for counts in plan.values())
     months = [{"month": month, **counts, "file": str(home.archive / f"{month}.db")} for month, counts in plan.items()]

@@ -189,5 +189,10 @@ def existing(home: Home) -> Home:
 
 
 def read_ledger(home: Home):
-    """The ledger of an existing home (see :func:`existing`)."""
+    """The ledger of an existing home, to read (see :func:`existing`)."""
+    return connect(existing(home).ledger)
+
+
+def write_ledger(home: Home):
+    """The ledger of an existing home, to write (see :func:`existing`)."""
     return connect(existing(home).ledger)

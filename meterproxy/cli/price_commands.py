@@ -21,8 +21,8 @@ from meterproxy.ledger.reprice import reprice
 from meterproxy.pricing.file import PriceFileError
 from meterproxy.pricing.litellm import import_litellm
 from meterproxy.pricing.table import BUNDLED, Price, PriceTable
-from meterproxy.reports.query import unpriced_models
 from meterproxy.reports.render import rates_table, reprice_table, unpriced_models_table
+from meterproxy.reports.unpriced import unpriced_models
 from meterproxy.times import at_utc, iso_utc
 
 
@@ -168,7 +168,7 @@ def reprice_command(
     since = options.when(start).timestamp() if start else 0.0
     until = options.when(end, end_of_day=True).timestamp() if end else options.now().timestamp() + 1
     table = PriceTable.load(options.existing(home).pricing_file)
-    db = options.read_ledger(home)
+    db = options.write_ledger(home)
     bounds = iso_utc(since), iso_utc(until)
     with counting("reprice", count_calls(db, *bounds), "calls") as advance:
         result = reprice(db, table, *bounds, model, dry_run, progress=advance)

@@ -17,7 +17,6 @@ from sqlite_utils import Database
 
 from meterproxy.ledger import rollup
 from meterproxy.ledger.db import LISTED_COLUMNS
-from meterproxy.pricing.table import LOCAL_PROVIDERS, PriceTable
 from meterproxy.times import iso_utc
 
 FILTERS = ("agent", "model", "provider", "session", "task", "outcome")
@@ -93,15 +92,3 @@ def last_rowid(db: Database) -> int:
     """The rowid of the last call recorded (0 for none): calls recorded later have higher ones."""
     return db.execute("SELECT COALESCE(MAX(rowid), 0) FROM calls").fetchone()[0]
 
-
-def unpriced_models(db: Database, table: PriceTable) -> list[tuple[str, str, int, str, str]]:
-    """Models seen in the ledger that ``table`` has no price for (local providers are free):
-    (provider, model, calls, first call, last call), most calls first."""
-    cursor = db.execute(
-        "SELECT provider, COALESCE(model, request_model) AS name, COUNT(*), MIN(started_at), MAX(started_at) "
-        "FROM calls GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
-    )
-    return [
-        row for row in cursor.fetchall()
-        if row[0] not in LOCAL_PROVIDERS and table.lookup(row[0] or "", row[1]) is None
-    ]
