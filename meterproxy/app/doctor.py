@@ -35,7 +35,7 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.meter.tokens import ENCODINGS
 from meterproxy.outbox.settings import Forwarding
 from meterproxy.pricing.table import PriceTable
-from meterproxy.reports.query import unpriced_models
+from meterproxy.reports.unpriced import unpriced_models
 from meterproxy.wire.routes import BUILTIN_ROUTES
 
 Status = Literal["ok", "warn", "fail"]

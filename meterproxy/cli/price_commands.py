@@ -21,8 +21,8 @@ from meterproxy.ledger.reprice import reprice
 from meterproxy.pricing.file import PriceFileError
 from meterproxy.pricing.litellm import import_litellm
 from meterproxy.pricing.table import BUNDLED, Price, PriceTable
-from meterproxy.reports.query import unpriced_models
 from meterproxy.reports.render import rates_table, reprice_table, unpriced_models_table
+from meterproxy.reports.unpriced import unpriced_models
 from meterproxy.times import at_utc, iso_utc
 
 

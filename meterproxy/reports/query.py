@@ -91,4 +91,3 @@ def list_calls(
 def last_rowid(db: Reader) -> int:
     """The rowid of the last call recorded (0 for none): calls recorded later have higher ones."""
     return db.execute("SELECT COALESCE(MAX(rowid), 0) FROM calls").fetchone()[0]
-
