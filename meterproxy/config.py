@@ -44,6 +44,8 @@ class ProxySettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8788, ge=0, le=65535)
     upstream_ca: str | None = None
+    auth: dict[str, SecretStr] = Field(default_factory=dict)
+    """``[proxy.auth]``: agent name -> proxy password, required from clients of other machines."""
 
 
 class StorageSettings(_Section):
@@ -195,6 +197,8 @@ class Config(_Section):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     otel: OtelSettings = Field(default_factory=lambda: OtelSettings())
+    base_urls: dict[str, str] = Field(default_factory=dict)
+    """``[base_urls]``: base-URL prefix -> ``http(s)://HOST[:PORT]`` of a metered host (adds or overrides)."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ USER_BASE = site.getuserbase()
 LEAKY_ENV = (
     "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME",
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy",
+    # Base URLs a developer's shell may carry (`meterproxy env` sets them).
+    "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "GROQ_BASE_URL",
 )
 LEAKY_PREFIXES = ("LOCKN_LOGGER_", "lockn_logger_", "OTEL_")
 

@@ -60,16 +60,16 @@ class Received:
 class FakeUpstream:
     """A threaded HTTP/1.1 server on loopback; HTTPS with a trustme certificate by default."""
 
-    def __init__(self, ca: trustme.CA | None = None, tls: bool = True, http2: bool = False):
+    def __init__(self, ca: trustme.CA | None = None, tls: bool = True, http2: bool = False, host: str = "127.0.0.1"):
         self.replies: deque[Reply] = deque()
         self.received: list[Received] = []
         self.tls = tls
         self.ca = ca or trustme.CA()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        server = ThreadingHTTPServer((host, 0), _handler(self))
         server.daemon_threads = True
         if tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+            self.ca.issue_cert("localhost", "127.0.0.1", *({host} - {"127.0.0.1"})).configure_cert(context)
             context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
             server.socket = context.wrap_socket(server.socket, server_side=True)
         self.server = server

@@ -72,7 +72,7 @@ def test_env_prints_exports_with_the_ca_bundle(home: Path) -> None:
     result = meterproxy("env", "--agent", "marcus", env={"NO_PROXY": "localhost,127.0.0.1,internal.corp,::1"})
     assert result.returncode == 0, result.stderr
     exports = dict(line.removeprefix("export ").split("=", 1) for line in result.stdout.splitlines())
-    assert exports["HTTPS_PROXY"] == "http://marcus@127.0.0.1:8788"
+    assert exports["HTTPS_PROXY"] == "http://marcus:x@127.0.0.1:8788"  # a placeholder password keeps the user
     assert exports["HTTP_PROXY"] == exports["https_proxy"] == exports["HTTPS_PROXY"]
     # Loopback must not bypass the proxy: local model servers are metered.
     assert exports["NO_PROXY"] == "internal.corp"
@@ -88,7 +88,7 @@ def test_run_passes_the_environment_and_the_exit_code(home: Path) -> None:
     script = "import os, sys; print(os.environ['HTTPS_PROXY']); sys.exit(7)"
     result = meterproxy("run", "--agent", "cron-7", "--port", "9999", "--", sys.executable, "-c", script)
     assert result.returncode == 7
-    assert result.stdout.strip() == "http://cron-7@127.0.0.1:9999"
+    assert result.stdout.strip() == "http://cron-7:x@127.0.0.1:9999"
     assert_clean_error(meterproxy("run", "--", "no-such-command-xyz"), 1, "command not found")
 
 

@@ -190,7 +190,7 @@ def test_the_documented_example_pricing_toml_loads(tmp_path: Path) -> None:
     path.write_text(example.group(1))
     table = PriceTable.load(path)
     ours = {name for name, entry in table.entries.items() if entry.source == str(path)}
-    assert ours == {"claude-sonnet-4-5", "o3", "deepseek-flash"}
+    assert {"claude-sonnet-4-5", "o3", "deepseek-flash"} <= ours
     assert table.entries["deepseek-flash"].peak is not None
 
 

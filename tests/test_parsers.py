@@ -3,7 +3,8 @@
 Each body ``NAME.json|.sse|.ndjson`` has ``NAME.expected.json`` beside it with what a correct
 parser must extract. Optional keys in the expected file: ``path`` (the endpoint, default
 ``/v1/chat/completions``), ``content_type``, ``provider`` (default: the directory name),
-``complete``, ``output_text``, ``provider_cost_usd`` (a decimal string).
+``complete``, ``output_text``, ``provider_cost_usd`` (a decimal string), ``parts`` (usage billed at
+other models' rates, by model), ``tool_uses`` and ``price_context`` (each checked when given).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def test_fixture_usage(path: Path) -> None:
         assert "".join(parsed.output_text) == expected["output_text"]
     cost = expected.get("provider_cost_usd")
     assert parsed.provider_cost_usd == (Decimal(cost) if cost else None)
+    assert {m: u.as_dict() for m, u in parsed.parts.items()} == expected.get("parts", {})
+    if "tool_uses" in expected:
+        assert parsed.tool_uses == expected["tool_uses"]
+    if "price_context" in expected:
+        assert parsed.price_context == expected["price_context"]
     if expected["usage"] is None:
         assert parsed.note, "a body without usage must say why"
     else:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from importlib import metadata
 from pathlib import Path
 
 import anthropic
@@ -156,19 +159,20 @@ def test_pricing_import_reads_litellm_prices_into_the_user_file(home: Path, tmp_
     home.mkdir()
     (home / "pricing.toml").write_text('[models.mine]\nprovider = "openai"\ninput = 1\noutput = 2\n')
     now = clock("2026-12-01T20:00:00Z")
-    result = meterproxy("pricing", "import", str(LITELLM), env={"TZ": "UTC"})
+    # A local zone far from UTC: the import's moment is written in UTC, not as a local date
+    # (which prices read as UTC midnight, hours off).
+    result = meterproxy("pricing", "import", str(LITELLM), env={"TZ": "Pacific/Kiritimati"})
     assert result.returncode == 0, result.stderr
     assert "imported 3 models" in result.stdout
     assert "1 with a price different from the bundled one" in result.stdout  # gpt-4.1-mini
     assert "kept 1 of your own entries: mine" in result.stdout
     assert (home / "pricing.toml.bak").exists()
-    assert "new prices from today for: gpt-4.1-mini" in result.stdout
-    assert "since = 2026-12-01\n" in (home / "pricing.toml").read_text()  # the day of the import
+    assert "new prices from 2026-12-01 20:00:00 UTC for: gpt-4.1-mini" in result.stdout
+    assert "since = 2026-12-01T20:00:00Z\n" in (home / "pricing.toml").read_text()  # the moment of the import
     table = PriceTable.load(home / "pricing.toml")
     assert table.price("openai", "gpt-4.1-mini", now).rates.input == Decimal("0.35")
-    assert table.price("openai", "gpt-4.1-mini", datetime(2026, 12, 1, tzinfo=UTC)).rates.input == Decimal("0.35")
-    day_before = datetime(2026, 11, 30, 23, 59, 59, 999000, tzinfo=UTC)
-    assert table.price("openai", "gpt-4.1-mini", day_before).rates.input == Decimal("0.4")  # the bundled price
+    just_before = datetime(2026, 12, 1, 19, 59, 59, 999000, tzinfo=UTC)
+    assert table.price("openai", "gpt-4.1-mini", just_before).rates.input == Decimal("0.4")  # the bundled price
     assert table.price("openai", "gpt-4.1-mini", datetime(2026, 1, 1, tzinfo=UTC)).rates.input == Decimal("0.4")
     gemini = table.price("gemini", "gemini/gemini-9-pro", now, input_tokens=300_000)
     assert (gemini.rates.input, gemini.rates.output, gemini.rates.reasoning) == (4, 18, 18)
@@ -251,3 +255,77 @@ def test_reprice_command_reads_dates_and_says_what_changed(home: Path, clock, mo
         assert conn.execute("SELECT cost_picousd FROM calls").fetchone()[0] == 2_500_000_000
     bad = meterproxy("reprice", "--from", "yesterday")
     assert bad.returncode == 2 and "expected YYYY-MM-DD" in bad.stderr
+
+
+def test_a_running_proxy_prices_new_calls_with_an_edited_pricing_toml(
+    home: Path, upstream, start_proxy, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home.mkdir()
+    prices = home / "pricing.toml"
+    prices.write_text('[models."mine-1"]\nprovider = "openai"\ninput = 1\noutput = 1\n')
+    proxy = start_proxy(f"127.0.0.1:{upstream.port}=openai")
+    for name, value in proxy.client_env("reload-test").items():
+        monkeypatch.setenv(name, value)
+    chat = json.loads((FIXTURES / "openai" / "chat_completion.json").read_text())  # 1,117 in, 46 out
+    upstream.reply(*[Reply.json(json.dumps(chat | {"model": "acme-ft-2"}).encode())] * 3)
+    gpt = openai.OpenAI(api_key="sk-test", base_url=f"https://127.0.0.1:{upstream.port}/v1", max_retries=0)
+
+    def call() -> dict:
+        count = len(proxy.rows("calls"))
+        gpt.chat.completions.create(model="acme-ft-2", messages=[{"role": "user", "content": "hi"}])
+        return proxy.wait_rows(count + 1)[-1]
+
+    assert call()["cost_source"] == "unpriced"
+    # The file changes while the proxy runs: the next call is priced by it, no restart.
+    prices.write_text('[models."acme-ft-2"]\nprovider = "openai"\ninput = 2\noutput = 4\n')
+    row = call()
+    assert (row["cost_source"], row["cost_picousd"]) == ("computed", 1_117 * 2_000_000 + 46 * 4_000_000)
+    # SIGHUP reloads even when the file looks unchanged (same size and modification time).
+    stat = prices.stat()
+    prices.write_text('[models."acme-ft-2"]\nprovider = "openai"\ninput = 3\noutput = 4\n')
+    os.utime(prices, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    proxy.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while not any("SIGHUP" in line for line in proxy.stderr):
+        assert time.time() < deadline, proxy.output()
+        time.sleep(0.05)
+    row = call()
+    assert row["cost_picousd"] == 1_117 * 3_000_000 + 46 * 4_000_000
+    assert sum("prices reloaded" in line for line in proxy.stderr) == 2
+
+
+def test_pricing_check_against_genai_prices_lists_disagreements(home: Path, tmp_path: Path) -> None:
+    home.mkdir()
+    shipped = meterproxy("pricing", "check", "--against", "genai-prices")
+    assert shipped.returncode == 0, shipped.stderr
+    version = metadata.version("genai-prices")
+    header = next(line for line in shipped.stdout.splitlines() if line.startswith("genai-prices"))
+    assert header.startswith(f"genai-prices {version}: ") and "models compared" in header
+    table = PriceTable.load()
+    listed = [line.split() for line in shipped.stdout.splitlines()[2:] if line.split()[:1] and line.split()[0] in table.entries]
+    for model, _theirs_model, rate, ours, theirs, *_since in listed:
+        assert Decimal(ours) != Decimal(theirs), (model, rate)
+    # A stale entry is seen: gpt-4o at $9 input (OpenAI lists $2.50: https://developers.openai.com/api/docs/pricing).
+    stale = tmp_path / "stale.toml"
+    stale.write_text('[models."gpt-4o"]\nprovider = "openai"\ninput = 9\noutput = 10\ncache_read = 1.25\n'
+                     '[models."gpt-4o-mini"]\nprovider = "openai"\ninput = 0.15\noutput = 0.6\ncache_read = 0.075\n')
+    result = meterproxy("pricing", "check", str(stale), "--against", "genai-prices")
+    assert result.returncode == 0, result.stderr
+    rows = {tuple(line.split()[:5]) for line in result.stdout.splitlines()}
+    assert ("gpt-4o", "gpt-4o", "input", "9", "2.5") in rows
+    assert not any(row[0] == "gpt-4o-mini" for row in rows)
+    assert not any(row[:3] == ("gpt-4o", "gpt-4o", "output") for row in rows)
+
+
+def test_pricing_check_names_ledger_models_priced_by_genai_prices_apart(home: Path) -> None:
+    db = connect(home / "ledger.db")
+    insert_rows(db, "calls", [
+        {"id": "a", "started_at": "2026-11-22T10:00:00.000Z", "provider": "openai", "model": "o4-mini-deep-research"},
+        {"id": "b", "started_at": "2026-11-22T10:00:01.000Z", "provider": "openai", "model": "acme-zzz-9"},
+    ])
+    db.close()
+    result = meterproxy("pricing", "check")
+    assert result.returncode == 0, result.stderr
+    assert "ledger: 1 model(s) priced by genai-prices, not pricing.toml: o4-mini-deep-research" in result.stdout
+    assert "ledger: 1 model(s) seen without a price" in result.stdout
+    assert "acme-zzz-9" in result.stdout.split("seen without a price")[1]

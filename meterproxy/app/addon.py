@@ -181,6 +181,8 @@ class MeterAddon:
     # --- flows ---------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:  # answered by meterproxy itself (app/gateway.py): nothing to meter
+            return
         routes = self.pipeline.routes if self.pipeline else None
         provider = routes.provider_for(flow.request.host, flow.request.port) if routes else None
         if provider is None:

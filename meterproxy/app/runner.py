@@ -4,6 +4,7 @@ Process-wide tuning (the GIL switch interval, freezing startup objects out of th
 sight) happens here, in meterproxy's own process only: the addon loaded into a user's own
 ``mitmdump`` changes nothing process-wide.
 
+On SIGHUP the proxy reloads ``pricing.toml`` before it prices the next call.
 On SIGINT/SIGTERM the proxy stops accepting connections, lets calls in flight finish (up to
 ``grace`` seconds), writes every queued record, and returns 0. A second signal stops at once
 (still writing what is queued).
@@ -27,6 +28,7 @@ from mitmproxy.addons import errorcheck
 
 from meterproxy.app.addon import MeterAddon
 from meterproxy.app.clientenv import ensure_ca
+from meterproxy.app.gateway import Gateway
 from meterproxy.app.state import StateKeeper, claim
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
@@ -51,6 +53,8 @@ class ProxySpec:
     store: str | None = None
     """Storage policy (none, preview, full); None: config.toml's."""
     jsonl: bool = True
+    auth: Sequence[str] = ()
+    """``--auth USER:PASS`` values (with config.toml's ``[proxy.auth]``)."""
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -90,7 +94,8 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
     proxy.addons.add(*addons.default_addons())
     proxy.addons.add(errorcheck.ErrorCheck(repeat_errors_on_stderr=True))
     meter = MeterAddon()
-    proxy.addons.add(meter)
+    gateway = Gateway(meter)
+    proxy.addons.add(gateway, meter)  # the gateway rewrites base-URL requests before the meter sees them
     try:
         opts.update(
             meterproxy_home=str(spec.home.root),
@@ -101,7 +106,9 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
             meterproxy_forward=spec.forward,
             meterproxy_forward_previews=spec.forward_previews,
             meterproxy_jsonl=spec.jsonl,
+            meterproxy_auth=list(spec.auth),
         )
+        gateway.state()  # a bad [base_urls] or credential fails the start
     except exceptions.OptionsError as e:
         raise MeterproxyError(str(e)) from e
 
@@ -123,6 +130,8 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
+    if hasattr(signal, "SIGHUP"):  # reload pricing.toml (it is also reloaded when it changes)
+        loop.add_signal_handler(signal.SIGHUP, lambda: meter.pipeline and meter.pipeline.reload_prices())
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:

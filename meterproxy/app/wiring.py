@@ -21,6 +21,7 @@ from meterproxy.budgets.book import BudgetBook
 from meterproxy.budgets.live import LivePublisher
 from meterproxy.config import STORE_POLICIES, Config, Home
 from meterproxy.errors import MeterproxyError
+from meterproxy.ledger import calllog
 from meterproxy.ledger.mirror import JsonlMirror
 from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter.record import Meter
@@ -31,6 +32,7 @@ from meterproxy.outbox.otel_sender import OtelSender
 from meterproxy.outbox.receipt import Outbox
 from meterproxy.outbox.sender import Sender
 from meterproxy.outbox.settings import Forwarding
+from meterproxy.pricing.reload import PriceFile
 from meterproxy.pricing.table import PriceTable
 from meterproxy.providers.registry import PROVIDERS
 from meterproxy.redact.engine import Redactor
@@ -79,7 +81,8 @@ class Pipeline:
         config = home.load_config()
         routes = RouteTable.build(settings.routes, config.routes, PROVIDERS)
         storage = _storage(settings.store or config.storage.store, config)
-        meter = Meter(PriceTable.load(home.pricing_file), storage)
+        price_file = PriceFile(home.pricing_file)
+        meter = Meter(price_file.table(), storage, price_file)
         upstream_ca = settings.upstream_ca or config.proxy.upstream_ca
         bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
         forwarding = Forwarding.resolve(
@@ -88,6 +91,8 @@ class Pipeline:
         writer = LedgerWriter(home.ledger, meter)
         if settings.jsonl and config.logs.jsonl:
             writer.after_commit.append(JsonlMirror(home.ledger, home.logs))
+        if calllog.log.isEnabledFor(logging.DEBUG):  # meterproxy start -v
+            writer.after_commit.append(calllog.log_calls)
         sender = attach_outbox(writer, home, forwarding)
         budgets, alerts = attach_budgets(writer, home, config, meter.prices)
         live = LivePublisher(budgets, home.root) if budgets is not None else None
@@ -110,6 +115,12 @@ class Pipeline:
             self.budgets_live.start()
         if self.otel_sender is not None:
             self.otel_sender.start()
+
+    def reload_prices(self) -> None:
+        """Reload pricing.toml before the next call is priced (SIGHUP)."""
+        if self.writer.meter.price_file is not None:
+            self.writer.meter.price_file.request_reload()
+            log.warning("SIGHUP: pricing.toml is reloaded before the next call is priced")
 
     def close(self) -> None:
         """Write everything queued, stop the sender (undelivered receipts stay in the outbox)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,11 @@ from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.reprice import count as count_calls
 from meterproxy.ledger.reprice import reprice
+from meterproxy.pricing import genai
 from meterproxy.pricing.file import PriceFileError
 from meterproxy.pricing.litellm import import_litellm
 from meterproxy.pricing.table import BUNDLED, Price, PriceTable
-from meterproxy.reports.render import rates_table, reprice_table, unpriced_models_table
+from meterproxy.reports.render import disagreements_table, rates_table, reprice_table, unpriced_models_table
 from meterproxy.reports.unpriced import unpriced_models
 from meterproxy.times import at_utc, iso_utc
 
@@ -34,8 +35,10 @@ def pricing() -> None:
 @pricing.command("check")
 @home_option
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--against", type=click.Choice(["genai-prices"]),
+              help="Also list every rate on which another price database disagrees.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (an invalid file too, with exit 1).")
-def pricing_check(home: Home, file: Path | None, as_json: bool) -> None:
+def pricing_check(home: Home, file: Path | None, against: str | None, as_json: bool) -> None:
     """Validate the price files (or FILE in place of yours) and list ledger models with no price."""
     if file is not None and not file.exists():
         raise MeterproxyError(f"{file}: no such file")
@@ -48,18 +51,24 @@ def pricing_check(home: Home, file: Path | None, as_json: bool) -> None:
             raise
         click.echo(json.dumps({"valid": False, "file": e.source, "problems": e.problems}, indent=2))
         sys.exit(1)
+    if against == "genai-prices":
+        _check_against_genai(table)
     bundled = PriceTable.load().entries
     files = []
     for source, count in table.files:
         replaced = sorted(k for k, e in table.entries.items() if e.source == source != BUNDLED and k in bundled)
         files.append({"file": source, "models": count, "replacing_bundled": replaced})
     missing = unpriced_models(options.read_ledger(home), table) if home.ledger.exists() else None
+    wide = [row for row in missing or () if row[1] and genai.find(row[0] or "", row[1]) is not None]
+    if missing is not None:
+        missing = [row for row in missing if row not in wide]
     if as_json:
         click.echo(json.dumps({
             "valid": True, "pricing_version": table.version, "files": files, "ledger": str(home.ledger),
             "unpriced_models": None if missing is None else [
                 dict(zip(("provider", "model", "calls", "first_call", "last_call"), row)) for row in missing
             ],
+            "priced_by_genai_prices": sorted({row[1] for row in wide}),
         }, indent=2))
         return
     for item in files:
@@ -68,11 +77,29 @@ def pricing_check(home: Home, file: Path | None, as_json: bool) -> None:
     click.echo(f"pricing version: {table.version}")
     if missing is None:
         click.echo("ledger: none yet")
-    elif not missing:
+        return
+    if wide:
+        names = ", ".join(sorted({row[1] for row in wide}))
+        click.echo(f"ledger: {len(wide)} model(s) priced by genai-prices, not pricing.toml: {names}")
+    if not missing:
         click.echo("ledger: every model seen has a price")
     else:
         click.echo(f"ledger: {len(missing)} model(s) seen without a price (their calls are unpriced):")
         options.wide_console().print(unpriced_models_table(missing))
+
+
+def _check_against_genai(table: PriceTable) -> None:
+    version = genai.version()
+    if version is None:
+        raise MeterproxyError("genai-prices is not installed (pip install genai-prices)")
+    found, compared, unknown = genai.disagreements(table.entries.values(), options.now().astimezone(UTC))
+    models = len({d.model for d in found})
+    click.echo(
+        f"genai-prices {version}: {compared} of {len(table.entries)} models compared "
+        f"({len(unknown)} unknown to it), {len(found)} rate(s) of {models} model(s) differ"
+    )
+    if found:
+        options.wide_console().print(disagreements_table(found))
 
 
 @pricing.command("show")
@@ -86,6 +113,17 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None, as_jso
     at = options.when(when) if when else options.now().astimezone()
     table = PriceTable.load(options.existing(home).pricing_file)
     price = table.price(provider.lower(), model, at_utc(at.timestamp()))
+    if price is None and (wide := genai.find(provider.lower(), model)) is not None:
+        rates = {k: format(v.normalize(), "f") for k, v in wide.rates_at(at_utc(at.timestamp())).items() if v is not None}
+        if as_json:
+            click.echo(json.dumps({"model": model, "entry": wide.model, "provider": wide.provider,
+                                   "why": f"genai-prices {genai.version()}", "at": iso_utc(at.timestamp()),
+                                   "rates": rates}, indent=2))
+            return
+        click.echo(f"{model} -> {wide.model} ({wide.provider}) in genai-prices {genai.version()}: not in pricing.toml")
+        click.echo("  USD per 1M tokens: " + ", ".join(f"{k} {v}" for k, v in rates.items()))
+        click.echo(f"  its calls are recorded with cost_source genai-prices; add [models.\"{model}\"] to pricing.toml to set your own")
+        return
     if price is None:
         close = table.suggestions(model)
         hint = f" (close: {', '.join(close)})" if close else ""
@@ -99,9 +137,20 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None, as_jso
     click.echo(f"  defined at: {entry.where}")
     click.echo(f"  pricing version: {table.version}")
     options.wide_console().print(rates_table(price, at))
-    if entry.peak is not None:
-        state = "peak" if price.peak else "off-peak"
-        click.echo(f"peak hours ({entry.peak.text}): every rate x{entry.peak.multiplier}; {at:%Y-%m-%d %H:%M} is {state}")
+    window = price.period.peak or entry.peak
+    if window is not None:
+        state = "inside" if price.peak else "outside"
+        click.echo(f"time-of-day window ({window.text}): every rate x{window.multiplier}; {at:%Y-%m-%d %H:%M} is {state} it")
+    fees = {**table.fees.get(provider.lower(), {}), **table.fees.get(entry.provider, {}), **entry.fees}
+    if fees:
+        click.echo("per-use fees (USD per 1,000 uses): " + ", ".join(f"{k} {v}" for k, v in fees.items()))
+    factors: dict[str, str] = {}  # the model's own first, as in pricing
+    for source in (entry.multipliers, table.multipliers.get(provider.lower(), {}), table.multipliers.get(entry.provider, {})):
+        for key, values in source.items():
+            for value, factor in values.items():
+                factors.setdefault(f"{key}={value}", f"x{factor}")
+    if factors:
+        click.echo("multipliers (when the response reports it): " + ", ".join(f"{k} {v}" for k, v in factors.items()))
     if entry.aliases:
         click.echo(f"aliases: {', '.join(entry.aliases)}")
 
@@ -109,6 +158,7 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None, as_jso
 def price_json(model: str, price: Price, version: str, at: datetime) -> dict[str, Any]:
     """``pricing show --json``: the match, the rates in force at ``at`` and every period (rates as decimal text)."""
     entry = price.match.entry
+    window = price.period.peak or entry.peak
     return {
         "model": model,
         "entry": entry.name,
@@ -119,7 +169,7 @@ def price_json(model: str, price: Price, version: str, at: datetime) -> dict[str
         "at": iso_utc(at.timestamp()),
         "rates": price.rates.as_dict(),
         "peak": price.peak,
-        "peak_hours": {"window": entry.peak.text, "multiplier": str(entry.peak.multiplier)} if entry.peak else None,
+        "peak_hours": {"window": window.text, "multiplier": str(window.multiplier)} if window else None,
         "periods": [
             {
                 "since": iso_utc(period.since.timestamp()) if period.since else None,
@@ -138,7 +188,8 @@ def price_json(model: str, price: Price, version: str, at: datetime) -> dict[str
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 def pricing_import(home: Home, file: Path) -> None:
     """Import LiteLLM's model_prices_and_context_window.json into your pricing.toml."""
-    result = import_litellm(file, home.ensure().pricing_file, options.now().astimezone().date())
+    now = options.now().astimezone(UTC)
+    result = import_litellm(file, home.ensure().pricing_file, now)
     click.echo(
         f"imported {len(result.imported):,} models into {home.pricing_file} "
         f"({len(result.changed)} with a price different from the bundled one; "
@@ -146,7 +197,7 @@ def pricing_import(home: Home, file: Path) -> None:
     )
     if result.changed:
         shown = ", ".join(result.changed[:10]) + (", ..." if len(result.changed) > 10 else "")
-        click.echo(f"new prices from today for: {shown}")
+        click.echo(f"new prices from {now:%Y-%m-%d %H:%M:%S} UTC for: {shown}")
     if result.kept:
         click.echo(f"kept {len(result.kept)} of your own entries: {', '.join(result.kept)}")
     if result.backup:

@@ -7,6 +7,7 @@ commands never load it.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,9 +17,11 @@ import click
 
 from meterproxy.cli import options
 from meterproxy.cli.options import home_option
-from meterproxy.config import STORE_POLICIES, Home
+from meterproxy.config import STORE_POLICIES, Config, Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.outbox.settings import Forwarding
+from meterproxy.wire.attribution import is_loopback
+from meterproxy.wire.exposure import Credentials, exposed
 
 
 @click.command()
@@ -50,11 +53,14 @@ from meterproxy.outbox.settings import Forwarding
 @click.option("--forward-previews", is_flag=True,
               help="Put the stored, redacted previews in receipts (only with the storage policy full).")
 @click.option("--no-jsonl", is_flag=True, help="Do not mirror calls to logs/YYYY-MM-DD.jsonl.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every metered call.")
+@click.option("--auth", "auth", multiple=True, metavar="USER:PASS",
+              help="Proxy credentials (the user is the agent's name), required from other machines; needed to "
+                   "listen on a non-loopback --host (also [proxy.auth] in config.toml). Repeatable.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every metered call (agent, host:port, model, tokens, cost).")
 def start(
     home: Home, host: str | None, port: int | None, routes: tuple[str, ...],
     upstream_ca: Path | None, grace: float, store: str | None, inject_stream_usage: bool, forward: bool,
-    forward_previews: bool, no_jsonl: bool, verbose: bool,
+    forward_previews: bool, no_jsonl: bool, auth: tuple[str, ...], verbose: bool,
 ) -> None:
     """Run the metering proxy in the foreground."""
     from meterproxy.app.clientenv import client_environment
@@ -62,6 +68,14 @@ def start(
 
     options.setup_logging(verbose)
     config = home.ensure().load_config()
+    check_routes(routes, config)
+    host = host or config.proxy.host
+    credentials = _credentials(auth, config)
+    if exposed(host) and not credentials:
+        raise MeterproxyError(
+            f"refusing to listen on {host} (reachable from other machines) without proxy authentication: "
+            "add --auth USER:PASS or [proxy.auth] in config.toml, or listen on 127.0.0.1"
+        )
     forwarding = Forwarding.resolve(
         config, os.environ, forward, forward_previews, store_policy=store or config.storage.store
     )
@@ -69,7 +83,7 @@ def start(
         click.echo("warning: --forward-previews needs the storage policy full: receipts carry no previews", err=True)
     spec = ProxySpec(
         home=home,
-        host=host or config.proxy.host,
+        host=host,
         port=config.proxy.port if port is None else port,
         routes=routes,
         upstream_ca=upstream_ca,
@@ -79,19 +93,47 @@ def start(
         forward=forward,
         forward_previews=forward_previews,
         jsonl=not no_jsonl,
+        auth=auth,
     )
 
     def ready(listen_host: str, listen_port: int) -> None:
         env = client_environment(home, listen_host, listen_port)  # writes the CA bundle first
         click.echo(f"meterproxy listening on http://{listen_host}:{listen_port} (ledger: {home.ledger})")
         click.echo(forwarding.describe())
-        home_flag = f" --home {home.root}" if home.root != Home.resolve().root else ""
-        click.echo(f'# meter a shell: eval "$(meterproxy env{home_flag})", or: meterproxy run{home_flag} -- CMD')
-        for name in ("HTTPS_PROXY", "HTTP_PROXY", "SSL_CERT_FILE"):
-            click.echo(f"export {name}={env[name]}")
+        if exposed(listen_host):
+            click.echo(f"warning: listening on {listen_host}, reachable from other machines: their clients must "
+                       "authenticate (proxy credentials or base-URL /@AGENT:PASSWORD/)", err=True)
+        flags = _client_flags(home, config, listen_host, listen_port)
+        click.echo(f'# meter a shell: eval "$(meterproxy env{flags})", or: meterproxy run{flags} -- CMD')
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "SSL_CERT_FILE", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+            if name in env:
+                click.echo(f"export {name}={env[name]}")
         sys.stdout.flush()
 
     sys.exit(serve(spec, ready))
+
+
+def _client_flags(home: Home, config: Config, listen_host: str, listen_port: int) -> str:
+    """The ``--home``/``--host``/``--port`` that ``env`` and ``run`` need to reach this proxy."""
+    flags = f" --home {shlex.quote(str(home.root))}" if home.root != Home.resolve().root else ""
+    if listen_host != config.proxy.host and not (is_loopback(listen_host) and is_loopback(config.proxy.host)):
+        flags += f" --host {listen_host}"
+    if listen_port != config.proxy.port:
+        flags += f" --port {listen_port}"
+    return flags
+
+
+def _credentials(auth: tuple[str, ...], config: Config) -> Credentials:
+    return Credentials.build(auth, {user: secret.get_secret_value() for user, secret in config.proxy.auth.items()})
+
+
+def check_routes(specs: tuple[str, ...], config: Config) -> None:
+    """The routes (``--route`` and config.toml's) and ``[base_urls]`` are valid: a one-line error otherwise."""
+    from meterproxy.providers.registry import PROVIDERS
+    from meterproxy.wire.baseurl import BaseUrls
+    from meterproxy.wire.routes import RouteTable
+
+    BaseUrls.build(config.base_urls, RouteTable.build(specs, config.routes, PROVIDERS))
 
 
 def _proxy_address(home: Home, host: str | None, port: int | None) -> tuple[str, int]:

@@ -65,8 +65,16 @@ def archive(db: Database, archive_dir: Path, cutoff: datetime, progress: Callabl
                             f"SELECT {columns} FROM main.{table} WHERE id IN ({marks})",
                             ids,
                         )
+                        if table == "calls":  # a call's cost per model goes with it
+                            db.execute(
+                                f"INSERT OR IGNORE INTO archive.model_costs SELECT * FROM main.model_costs "
+                                f"WHERE call_id IN ({marks})",
+                                ids,
+                            )
                     with db.atomic():
                         db.execute(f"DELETE FROM main.{table} WHERE id IN ({marks})", ids)
+                        if table == "calls":
+                            db.execute(f"DELETE FROM main.model_costs WHERE call_id IN ({marks})", ids)
                     moved[month] = moved.get(month, 0) + len(ids)
                     progress(len(ids))
         finally:

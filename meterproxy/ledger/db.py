@@ -258,6 +258,24 @@ LISTED_COLUMNS = [c for c, kind in CALL_COLUMNS.items() if kind is not bytes] + 
 """Every column but the stored bodies (``meterproxy calls`` output)."""
 
 
+MODEL_COST_COLUMNS: dict[str, type] = {
+    "call_id": str,
+    "started_at": str,
+    "provider": str,
+    "model": str,
+    **dict.fromkeys(TOKEN_FIELDS, int),
+    "cost_picousd": int,
+}
+"""One row per model of a call billed at several models' rates (Anthropic's advisor): the call's
+row holds the sums, these its split, so reports by model give each model its own tokens and cost."""
+
+
+@migrations()
+def m006_model_costs(db: Database) -> None:
+    db["model_costs"].create(MODEL_COST_COLUMNS, pk=("call_id", "model"), not_null={"started_at"})
+    db["model_costs"].create_index(["started_at"])
+
+
 OTEL_OUTBOX_COLUMNS: dict[str, type] = {
     "call_id": str,
     "signal": str,

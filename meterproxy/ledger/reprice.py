@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from meterproxy.pricing.table import PriceTable
+from meterproxy.money import to_picousd
+from meterproxy.pricing.table import Billing, PriceTable
 from meterproxy.providers.usage import TOKEN_FIELDS, Usage
 from meterproxy.times import at_utc
 
@@ -69,17 +70,27 @@ def reprice(
         if progress is not None:
             progress(len(rows))
         updates = []
+        part_updates: list[dict[str, Any]] = []
+        parts = _parts(db, [row["id"] for row in rows])
         for row in rows:
             name = row["model"] or row["request_model"] or "(unknown)"
             if not wanted(row["provider"], row["model"], row["request_model"]):
                 continue
             usage = Usage(*(row[f] or 0 for f in TOKENS))
-            new = table.assess(
-                provider=row["provider"], model=row["model"] or row["request_model"], usage=usage,
+            call_model = row["model"] or row["request_model"]
+            others = {m: u for m, u in parts.get(row["id"], {}).items() if m != call_model}
+            assessed = table.assess(
+                provider=row["provider"], model=call_model, usage=usage,
                 usage_source=row["usage_source"] or "none", outcome=row["outcome"] or "ok",
                 started_at=at_utc(row["started_at"]),
                 provider_cost=Decimal(str(row["provider_cost_usd"])) if row["provider_cost_usd"] is not None else None,
-            ).columns()
+                billing=Billing.from_provenance(row["rates"], others),
+            )
+            new = assessed.columns()
+            part_updates += [
+                {"call_id": row["id"], "model": m.model, "cost": to_picousd(m.cost) if m.cost is not None else None}
+                for m in assessed.models
+            ]
             change = result.models.setdefault(name, ModelChange(name))
             change.calls += 1
             change.before_picousd += row["cost_picousd"] or 0
@@ -100,6 +111,10 @@ def reprice(
                     "pricing_version = :pricing_version, rates = :rates WHERE id = :id",
                     updates,
                 )
+                db.conn.executemany(
+                    "UPDATE model_costs SET cost_picousd = :cost WHERE call_id = :call_id AND model = :model",
+                    part_updates,
+                )
     return result
 
 
@@ -109,6 +124,21 @@ def count(db: Database, start: str, end: str) -> int:
 
 
 _WHERE = "started_at >= ? AND started_at < ? AND cost_source IS NOT 'provider_reported'"
+
+
+def _parts(db: Database, ids: list[str]) -> dict[str, dict[str, Usage]]:
+    """The usage per model of the calls among ``ids`` billed at several models' rates."""
+    found: dict[str, dict[str, Usage]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        cursor = db.execute(
+            f"SELECT call_id, model, {', '.join(TOKENS)} FROM model_costs "
+            f"WHERE call_id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        for call_id, model, *counts in cursor.fetchall():
+            found.setdefault(call_id, {})[model] = Usage(*(c or 0 for c in counts))
+    return found
 
 
 def _batches(db: Database, start: str, end: str) -> Iterator[list[dict[str, Any]]]:

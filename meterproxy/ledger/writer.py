@@ -119,6 +119,7 @@ class LedgerWriter:
         with db.atomic():
             for table, rows in by_table.items():
                 insert_rows(db, table, rows)
+            insert_rows(db, "model_costs", [row for record in records for row in record.model_costs])
             for step in self.in_transaction:
                 step(db, records)
         self.written += len(records)

@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 from meterproxy.meter import tokens
 from meterproxy.meter.storage import Storage
-from meterproxy.pricing.table import NO_PRICE, PriceTable
+from meterproxy.money import to_picousd
+from meterproxy.pricing.reload import PriceFile
+from meterproxy.pricing.table import NO_PRICE, Billing, CallCost, PriceTable
 from meterproxy.providers.base import EndpointKind, ParsedResponse, RequestInfo, decode_request
 from meterproxy.providers.registry import get_provider
 from meterproxy.providers.usage import Usage, UsageSource
@@ -32,17 +34,25 @@ class Record:
 
     table: str
     row: dict[str, Any]
+    model_costs: list[dict[str, Any]] = field(default_factory=list)
+    """Rows of ``model_costs``: one per model of a call billed at more than one model's rates."""
 
 
 class Meter:
     """Builds ledger rows from exchanges with one price table and one storage policy."""
 
-    def __init__(self, prices: PriceTable, storage: Storage | None = None):
+    def __init__(self, prices: PriceTable, storage: Storage | None = None, price_file: PriceFile | None = None):
         self.prices = prices
         self.storage = storage or Storage()
+        self.price_file = price_file
+        """When set, the table is taken from it before each call (it reloads a changed pricing.toml)."""
         self._warned_unpriced: set[str | None] = set()
 
     def record(self, ex: Exchange) -> Record:
+        if self.price_file is not None:
+            prices = self.price_file.table()
+            if prices is not self.prices:
+                self.prices, self._warned_unpriced = prices, set()
         provider = get_provider(ex.provider)
         common = self._common(ex)
         kind = provider.endpoint_kind(ex.method, ex.path)
@@ -64,6 +74,8 @@ class Meter:
         outcome = _outcome(ex, parsed, request)
         model = parsed.model or request.model
         usage, usage_source, note = _usage(kind, request, parsed, outcome, model)
+        billing = _billing(ex, parsed, usage_source)
+        usage = _with_parts(usage, billing)
         if ex.injected_usage and usage_source == "reported":
             note = "usage requested by --inject-stream-usage"
         if usage_source != "reported" and outcome == "ok":
@@ -85,10 +97,12 @@ class Meter:
             "usage_raw": json.dumps(parsed.usage_raw) if parsed.usage_raw is not None else None,
             "provider_cost_usd": float(parsed.provider_cost_usd) if parsed.provider_cost_usd is not None else None,
         }
-        row |= self._price(ex, model, usage, usage_source, outcome, parsed.provider_cost_usd)
+        cost = self._price(ex, model, usage, usage_source, outcome, parsed.provider_cost_usd, billing)
+        row |= cost.columns()
         if outcome == "error" and not row["error"]:
             row["error"] = parsed.error or (f"HTTP {ex.status}" if ex.status else "no response")
-        return Record("calls", self.storage.finish("calls", row, ex, request_body, request_json, parsed))
+        finished = self.storage.finish("calls", row, ex, request_body, request_json, parsed)
+        return Record("calls", finished, model_cost_rows(row["id"], row["started_at"], ex.provider, cost))
 
     def blocked(self, ex: Exchange) -> Record:
         """A call a budget refused: no tokens, no cost, the budget named (nothing went upstream)."""
@@ -146,16 +160,48 @@ class Meter:
 
     def _price(
         self, ex: Exchange, model: str | None, usage: Usage, usage_source: str, outcome: str,
-        provider_cost: Decimal | None,
-    ) -> dict[str, Any]:
+        provider_cost: Decimal | None, billing: Billing,
+    ) -> CallCost:
         cost = self.prices.assess(
             provider=ex.provider, model=model, usage=usage, usage_source=usage_source, outcome=outcome,
-            started_at=at_utc(ex.started_at), provider_cost=provider_cost,
+            started_at=at_utc(ex.started_at), provider_cost=provider_cost, billing=billing,
         )
         if cost.reason == NO_PRICE and model not in self._warned_unpriced:
             self._warned_unpriced.add(model)
             log.warning("no price for model %r (%s): its calls are recorded unpriced", model, ex.provider)
-        return cost.columns()
+        return cost
+
+
+STANDARD_CONTEXT = frozenset({"standard", "default", "auto", "global", "not_available"})
+"""Billing-context values that mean "the list price": not kept."""
+
+
+def _billing(ex: Exchange, parsed: ParsedResponse, usage_source: str) -> Billing:
+    """What the response says about its bill besides its model's usage (parts of reported usage only)."""
+    context = {k: v for k, v in parsed.price_context.items() if v not in STANDARD_CONTEXT}
+    if ex.provider == "vertex" and "/publishers/anthropic/" in ex.path and ex.host != "aiplatform.googleapis.com":
+        context["endpoint"] = "regional"  # Claude on a regional Vertex endpoint, not the global one
+    parts = parsed.parts if usage_source == "reported" else {}
+    return Billing(parts, parsed.tool_uses, context)
+
+
+def _with_parts(usage: Usage, billing: Billing) -> Usage:
+    """The call's whole usage: its model's and the other models' it was billed for."""
+    for part in billing.parts.values():
+        usage = usage.plus(part)
+    return usage
+
+
+def model_cost_rows(call_id: str, started_at: str, provider: str, cost: CallCost) -> list[dict[str, Any]]:
+    """The ``model_costs`` rows of a call billed at several models' rates (none otherwise)."""
+    return [
+        {
+            "call_id": call_id, "started_at": started_at, "provider": provider, "model": part.model,
+            **part.usage.as_dict(),
+            "cost_picousd": to_picousd(part.cost) if part.cost is not None else None,
+        }
+        for part in cost.models
+    ]
 
 
 def _usage(

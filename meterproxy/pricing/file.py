@@ -30,12 +30,26 @@ optional)::
     hours = ["09:00-12:00", "14:00-18:00"]
     multiplier = 2
 
+    [models."gpt-5".fees]                  # per-use server tools: USD per 1,000 uses
+    web_search = 10.00
+
+    [models."gpt-5".multipliers.service_tier]   # billing context the response reports:
+    priority = 2                                # every token rate x factor
+    flex = 0.5
+
+    [fees.anthropic]                       # a provider's defaults for all its models (a model's
+    web_search = 10.00                     # own fees and multipliers win, key by key)
+
+    [multipliers.anthropic.inference_geo]
+    us = 1.1
+
 Floats are read as exact decimals (``parse_float=Decimal``), never through binary floats.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import tomllib
 from collections.abc import Callable, Sequence
@@ -70,11 +84,6 @@ class TierSpec(RatesSpec):
     above: int = Field(gt=0)
 
 
-class PeriodSpec(RatesSpec):
-    since: date | datetime | None = None
-    tiers: list[TierSpec] = []
-
-
 class PeakSpec(_Strict):
     utc_offset: str = Field(pattern=r"^[+-]\d{2}:\d{2}$")
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
@@ -82,15 +91,35 @@ class PeakSpec(_Strict):
     multiplier: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
 
 
+class PeriodSpec(RatesSpec):
+    since: date | datetime | None = None
+    tiers: list[TierSpec] = []
+    peak: PeakSpec | None = None
+    """A period's own time-of-day window (an off-peak discount is a multiplier below 1); the
+    model's ``peak`` applies to every period without one."""
+
+
+Factor = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+Fees = dict[str, Rate]
+"""Tool name -> USD per 1,000 uses."""
+Multipliers = dict[str, dict[str, Factor]]
+"""Context key (``service_tier``, ``inference_geo``, ``endpoint``) -> its value -> factor."""
+
+
 class ModelSpec(PeriodSpec):
     provider: str = Field(min_length=1)
     aliases: list[str] = []
     periods: list[PeriodSpec] = []
-    peak: PeakSpec | None = None
+    fees: Fees = {}
+    multipliers: Multipliers = {}
 
 
 class FileSpec(_Strict):
     models: dict[str, ModelSpec] = {}
+    fees: dict[str, Fees] = {}
+    """Provider -> its default per-use fees."""
+    multipliers: dict[str, Multipliers] = {}
+    """Provider -> its default multipliers."""
 
 
 class PriceFileError(MeterproxyError):
@@ -119,9 +148,12 @@ def parse_text(source: str, text: str) -> FileSpec:
     def problem(loc: Sequence[str | int], message: str) -> None:
         problems.append((locate(text, loc) or 0, str(field_error(source, text, loc, message))))
 
-    for key in doc:
-        if key != "models":
-            problem((key,), "unknown field (typo?)")
+    base = FileSpec()
+    try:  # everything but the models (provider fees and multipliers), validated as a whole
+        base = FileSpec.model_validate({k: v for k, v in doc.items() if k != "models"})
+    except ValidationError as e:
+        for error in e.errors():
+            problem(tuple(error["loc"]), _message(error))
     raw_models = doc.get("models", {})
     if not isinstance(raw_models, dict):
         problem(("models",), "expected tables of models ([models.\"NAME\"])")
@@ -133,7 +165,7 @@ def parse_text(source: str, text: str) -> FileSpec:
         except ValidationError as e:
             for error in e.errors():
                 problem(("models", name, *error["loc"]), _message(error))
-    spec = FileSpec(models=models)
+    spec = base.model_copy(update={"models": models})
     _check_consistency(spec, problem)
     if problems:
         raise PriceFileError(source, [message for _, message in sorted(problems, key=lambda p: p[0])])
@@ -194,13 +226,15 @@ def _check_consistency(spec: FileSpec, problem: Callable[[Sequence[str | int], s
             if other is not None:
                 problem(("models", name, "aliases", i), f"{alias!r} is already a model")
             names[alias.lower()] = name
-        if model.peak:
-            for i, span in enumerate(model.peak.hours):
+        for loc, period in periods:
+            if period.peak is None:
+                continue
+            for i, span in enumerate(period.peak.hours):
                 start, end = (_minutes(t) for t in span.split("-"))
                 if not 0 <= start < end <= 24 * 60:
-                    problem(("models", name, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
-            if abs(_minutes(model.peak.utc_offset[1:])) >= 24 * 60:
-                problem(("models", name, "peak", "utc_offset"), "expected +HH:MM within a day")
+                    problem((*loc, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
+            if abs(_minutes(period.peak.utc_offset[1:])) >= 24 * 60:
+                problem((*loc, "peak", "utc_offset"), "expected +HH:MM within a day")
 
 
 def utc_start(when: date | datetime | None) -> datetime | None:
@@ -246,6 +280,20 @@ def _split_key(key: str) -> list[str]:
 def locate(text: str, loc: Sequence[str | int]) -> int | None:
     """The 1-based line of the table or key at ``loc`` (a validation error's path), or the
     nearest enclosing one that can be found. Array-of-tables entries are counted in order."""
+    positions = _positions(text)
+    wanted = tuple(loc)
+    for end in range(len(wanted), 0, -1):
+        if wanted[:end] in positions:
+            return positions[wanted[:end]]
+        inside = [line for path, line in positions.items() if path[:end] == wanted[:end]]
+        if inside:  # only sub-tables are written out ([models."x".peak]): the first of them
+            return min(inside)
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _positions(text: str) -> dict[tuple[str | int, ...], int]:
+    """Every table and key path of a file -> its first line (one pass, kept for the next lookups)."""
     positions: dict[tuple[str | int, ...], int] = {}
     counters: dict[tuple[str | int, ...], int] = {}
     current: tuple[str | int, ...] = ()
@@ -267,14 +315,7 @@ def locate(text: str, loc: Sequence[str | int]) -> int | None:
         assign = _ASSIGN.match(line)
         if assign:
             positions.setdefault((*current, *_split_key(assign.group(1))), number)
-    wanted = tuple(loc)
-    for end in range(len(wanted), 0, -1):
-        if wanted[:end] in positions:
-            return positions[wanted[:end]]
-        inside = [line for path, line in positions.items() if path[:end] == wanted[:end]]
-        if inside:  # only sub-tables are written out ([models."x".peak]): the first of them
-            return min(inside)
-    return None
+    return positions
 
 
 def _resolve(positions: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> tuple[str | int, ...]:

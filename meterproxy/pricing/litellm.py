@@ -2,9 +2,10 @@
 user's ``pricing.toml``.
 
 LiteLLM gives USD per token; meterproxy keeps USD per million tokens. Numbers are read from the
-JSON text as exact decimals. An imported rate that differs from the bundled one takes effect on
-the day of the import (``since``); the bundled periods stay as the model's earlier prices, so
-calls already made keep the price they were made at.
+JSON text as exact decimals. An imported rate that differs from the bundled one takes effect at
+the moment of the import (``since``, a UTC date-time: a local date would be read as UTC midnight,
+hours off either way); the bundled periods stay as the model's earlier prices, so calls already
+made keep the price they were made at.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class ImportResult:
     backup: Path | None = None
 
 
-def import_litellm(source: Path, user_file: Path, today: date) -> ImportResult:
+def import_litellm(source: Path, user_file: Path, now: datetime) -> ImportResult:
     """Merge LiteLLM prices into ``user_file`` (the previous file is kept as ``.bak``)."""
     try:
         data = json.loads(read_text(source), parse_float=Decimal)
@@ -73,10 +74,10 @@ def import_litellm(source: Path, user_file: Path, today: date) -> ImportResult:
         match = bundled.lookup(entry["provider"], key)
         old = match.entry if match is not None else None
         if old is not None:
-            if _same_as_current(old, entry, today):
+            if _same_as_current(old, entry, now):
                 result.unchanged += 1
                 continue
-            entry = _with_history(key, entry, old, today)
+            entry = _with_history(key, entry, old, now)
             result.changed.append(key)
         models[key] = entry
         result.imported.append(key)
@@ -133,26 +134,34 @@ def _per_million(value: Any) -> Decimal | None:
     return rate if rate.is_finite() and rate >= 0 else None
 
 
-def _same_as_current(old: Entry, entry: dict[str, Any], today: date) -> bool:
-    current = old.period_at(datetime.combine(today, time(), tzinfo=UTC))
+def _same_as_current(old: Entry, entry: dict[str, Any], now: datetime) -> bool:
+    current = old.period_at(now)
     spec = PeriodSpec.model_validate({k: v for k, v in entry.items() if k != "provider"})
     new_tiers = [(t.above, Rates.from_spec(t)) for t in spec.tiers]
     return Rates.from_spec(spec) == current.rates and new_tiers == [(t.above, t.rates) for t in current.tiers]
 
 
-def _with_history(entry_name: str, entry: dict[str, Any], old: Entry, today: date) -> dict[str, Any]:
-    """The imported price from today on, the bundled periods before (and any scheduled later)."""
+def _with_history(entry_name: str, entry: dict[str, Any], old: Entry, now: datetime) -> dict[str, Any]:
+    """The imported price from ``now`` on, the bundled periods before (and any scheduled later)."""
     periods = []
     for period in old.periods:
-        if period.since is not None and period.since.date() == today:
+        if period.since is not None and period.since == now:
             continue
-        item: dict[str, Any] = {"since": period.since.date()} if period.since else {}
+        item: dict[str, Any] = {"since": _since(period.since)} if period.since else {}
         item |= _rates_dict(period.rates)
         if period.tiers:
             item["tiers"] = [{"above": t.above} | _rates_dict(t.rates) for t in period.tiers]
         periods.append(item)
     aliases = list(old.aliases) if old.name == entry_name else []
-    return entry | {"since": today, "aliases": aliases, "periods": periods}
+    return entry | {"since": _since(now), "aliases": aliases, "periods": periods}
+
+
+def _since(moment: datetime) -> date | datetime:
+    """A UTC moment as a ``since`` value: a date at midnight, else a date-time to the second."""
+    moment = moment.astimezone(UTC)
+    if moment.time() == time():
+        return moment.date()
+    return moment.replace(microsecond=0)
 
 
 def _rates_dict(rates: Rates) -> dict[str, Decimal]:
@@ -202,7 +211,9 @@ def _value(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, list):
         return "[" + ", ".join(_value(v) for v in value) + "]"

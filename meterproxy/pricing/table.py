@@ -12,8 +12,14 @@ started, in the long-context tier its input reaches:
   + reasoning output     * reasoning        (reasoning is part of output; priced as output
                                              unless the model says otherwise)
 
-An unknown model has no cost (None), never $0. Local providers cost 0. A cost the provider
-reports itself (OpenRouter's ``usage.cost``) wins over the computed one.
+Then, by what the response reports: every rate times the multipliers of its billing context
+(``service_tier``, ``inference_geo``, a regional ``endpoint``), usage billed at another model's
+rates (Anthropic's advisor) priced at that model's, and per-use server tool fees (USD per 1,000
+uses) added.
+
+An unknown model has no cost (None), never $0, unless ``genai-prices`` (pydantic's price
+database, a wide net consulted only for models ``pricing.toml`` lacks) knows it. Local providers
+cost 0. A cost the provider reports itself (OpenRouter's ``usage.cost``) wins over the computed one.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import difflib
 import hashlib
 import json
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timezone
 from decimal import Decimal
 from importlib import resources
@@ -31,9 +38,13 @@ from typing import Any, Literal
 
 from meterproxy.errors import MeterproxyError
 from meterproxy.money import to_picousd
+from meterproxy.pricing import genai
 from meterproxy.pricing.file import (
     LOCAL_PROVIDERS,
+    Fees,
     ModelSpec,
+    Multipliers,
+    PeakSpec,
     PeriodSpec,
     RatesSpec,
     locate,
@@ -41,15 +52,16 @@ from meterproxy.pricing.file import (
     peak_window,
     utc_start,
 )
-from meterproxy.providers.usage import Usage
+from meterproxy.providers.usage import TOKEN_FIELDS, Usage
 
 MILLION = Decimal(1_000_000)
 BUNDLED = "bundled pricing.toml"
 _DATE_SUFFIX = re.compile(r"(?:-(\d{4}-\d{2}-\d{2}|\d{8})|@\d{8})$")
 _BEGINNING = datetime.min.replace(tzinfo=UTC)
 
-CostSource = Literal["computed", "provider_reported", "unpriced"]
+CostSource = Literal["computed", "provider_reported", "unpriced", "genai-prices"]
 NO_PRICE = "no price for this model"
+THOUSAND = Decimal(1000)
 NO_USAGE = "no usage reported"
 
 
@@ -118,6 +130,8 @@ class Period:
     since: datetime | None
     rates: Rates
     tiers: tuple[Tier, ...] = ()
+    peak: Peak | None = None
+    """This period's own time-of-day window (else the entry's applies)."""
 
     def tier_for(self, input_tokens: int) -> Tier | None:
         reached = [tier for tier in self.tiers if input_tokens > tier.above]
@@ -152,6 +166,8 @@ class Entry:
     source: str
     line: int | None
     peak: Peak | None = None
+    fees: Mapping[str, Decimal] = field(default_factory=dict)
+    multipliers: Mapping[str, Mapping[str, Decimal]] = field(default_factory=dict)
 
     def period_at(self, when: datetime) -> Period:
         """The period in force at ``when``; before the first ``since``, the first period."""
@@ -192,6 +208,15 @@ class Price:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelCost:
+    """The part of a call billed at one model's rates (a call spanning models has several)."""
+
+    model: str
+    usage: Usage
+    cost: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
 class CallCost:
     """The cost columns of one ledger row."""
 
@@ -201,15 +226,45 @@ class CallCost:
     version: str | None = None
     reason: str | None = None
     """Why a call is unpriced."""
+    provenance: str | None = None
+    """The ``rates`` column when it says more than ``price.provenance`` (fees, multipliers, other models)."""
+    models: tuple[ModelCost, ...] = ()
+    """Cost per model, for a call billed at more than one model's rates."""
 
     def columns(self) -> dict[str, Any]:
+        rates = self.provenance or (self.price.provenance if self.price is not None else None)
         return {
             "cost_usd": float(self.cost) if self.cost is not None else None,
             "cost_picousd": to_picousd(self.cost) if self.cost is not None else None,
             "cost_source": self.source,
             "pricing_version": self.version,
-            "rates": self.price.provenance if self.price is not None else None,
+            "rates": rates,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    """What a response says about its bill besides the usage of its model."""
+
+    parts: Mapping[str, Usage] = field(default_factory=dict)
+    """Usage billed at other models' rates, by model."""
+    tool_uses: Mapping[str, int] = field(default_factory=dict)
+    context: Mapping[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.parts or self.tool_uses or self.context)
+
+    @classmethod
+    def from_provenance(cls, rates: str | None, parts: Mapping[str, Usage] | None = None) -> Billing:
+        """The billing facts a ``rates`` column kept (for repricing)."""
+        try:
+            data = json.loads(rates) if rates else {}
+        except ValueError:
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        uses = {k: int(v["uses"]) for k, v in (data.get("fees") or {}).items() if isinstance(v, dict) and "uses" in v}
+        context = {k: str(v) for k, v in (data.get("context") or {}).items()}
+        return cls(parts or {}, uses, context)
 
 
 
@@ -219,10 +274,20 @@ class PriceTable:
     A user entry replaces the bundled entry of the same name (all its periods).
     """
 
-    def __init__(self, entries: dict[str, Entry], version: str, files: list[tuple[str, int]]):
+    def __init__(
+        self, entries: dict[str, Entry], version: str, files: list[tuple[str, int]],
+        fees: Mapping[str, Fees] | None = None, multipliers: Mapping[str, Multipliers] | None = None,
+        wide_net: bool = True,
+    ):
         self.entries = entries
         self.version = version
         self.files = files
+        self.fees: Mapping[str, Fees] = fees or {}
+        """Provider -> its default per-use fees (USD per 1,000 uses)."""
+        self.multipliers: Mapping[str, Multipliers] = multipliers or {}
+        """Provider -> its default multipliers."""
+        self.wide_net = wide_net
+        """Price models this table lacks with genai-prices."""
         """(file, number of models) for each file read, bundled first."""
         self._names: dict[str, str] = {key: key for key in entries}
         for key, entry in entries.items():
@@ -244,16 +309,23 @@ class PriceTable:
     def from_texts(cls, sources: list[tuple[str, str]]) -> PriceTable:
         entries: dict[str, Entry] = {}
         files = []
+        fees: dict[str, dict[str, Decimal]] = {}
+        multipliers: dict[str, dict[str, dict[str, Decimal]]] = {}
         for source, text in sources:
             spec = parse_text(source, text)
             files.append((source, len(spec.models)))
             for name, model in spec.models.items():
                 entries[name.lower()] = _entry(name, model, source, text)
+            for provider, provider_fees in spec.fees.items():
+                fees.setdefault(provider.lower(), {}).update(provider_fees)
+            for provider, keys in spec.multipliers.items():
+                for key, values in keys.items():
+                    multipliers.setdefault(provider.lower(), {}).setdefault(key, {}).update(values)
         # A user entry may take a name that a bundled entry uses as an alias: the entry wins.
         for key, entry in entries.items():
             if any(alias in entries for alias in entry.aliases):
                 entries[key] = replace(entry, aliases=tuple(a for a in entry.aliases if a not in entries))
-        return cls(entries, _version(entries), files)
+        return cls(entries, _version(entries, fees, multipliers), files, fees, multipliers)
 
     def lookup(self, provider: str, model: str | None) -> Match | None:
         """The entry for a model as a provider names it, and how the name matched."""
@@ -285,9 +357,10 @@ class PriceTable:
         period = match.entry.period_at(when)
         tier = period.tier_for(input_tokens)
         rates = tier.rates if tier else period.rates
-        peak = bool(match.entry.peak and match.entry.peak.applies(when))
+        window = period.peak or match.entry.peak
+        peak = bool(window and window.applies(when))
         if peak:
-            rates = rates.times(match.entry.peak.multiplier)  # type: ignore[union-attr]
+            rates = rates.times(window.multiplier)  # type: ignore[union-attr]
         key = (id(match), id(period), id(tier), peak)
         if key not in self._provenance:
             self._provenance[key] = _provenance(match, period, tier, peak, rates)
@@ -295,12 +368,15 @@ class PriceTable:
 
     def assess(
         self, *, provider: str, model: str | None, usage: Usage, usage_source: str, outcome: str,
-        started_at: datetime, provider_cost: Decimal | None = None,
+        started_at: datetime, provider_cost: Decimal | None = None, billing: Billing | None = None,
     ) -> CallCost:
-        """The cost of one call and where it comes from."""
+        """The cost of one call and where it comes from. ``usage`` is the call's whole usage;
+        ``billing.parts`` the part of it billed at other models' rates."""
         if provider_cost is not None:
             return CallCost(provider_cost, "provider_reported")
-        price = self.price(provider, model, started_at, usage.input_tokens)
+        billing = billing or Billing()
+        own = _minus(usage, billing.parts.values())
+        price = self.price(provider, model, started_at, own.input_tokens)
         if price is not None and price.rates == FREE:
             return CallCost(Decimal(0), "computed", price, self.version)
         if usage_source == "none":
@@ -308,8 +384,78 @@ class PriceTable:
                 return CallCost(Decimal(0), "computed", None, self.version)  # a failed call is not billed
             return CallCost(None, "unpriced", reason=NO_USAGE)
         if price is None:
-            return CallCost(None, "unpriced", reason=NO_PRICE)
-        return CallCost(price.cost(usage), "computed", price, self.version)
+            wide = self._wide_net(provider, model, started_at, own, billing)
+            return wide or CallCost(None, "unpriced", reason=NO_PRICE)
+        if not billing:
+            return CallCost(price.cost(own), "computed", price, self.version)
+        return self._with_billing(provider, model or price.match.entry.name, price, own, started_at, billing)
+
+    def _with_billing(
+        self, provider: str, model: str, price: Price, own: Usage, when: datetime, billing: Billing,
+    ) -> CallCost:
+        """A call's cost with its other models, multipliers and per-use fees."""
+        entry = price.match.entry
+        models = [ModelCost(model, own, price.cost(own))]
+        for other, part in billing.parts.items():
+            other_price = self.price(provider, other, when, part.input_tokens)
+            if other_price is None:
+                return CallCost(None, "unpriced", reason=f"no price for model {other!r} (billed in this call)")
+            models.append(ModelCost(other, part, other_price.cost(part)))
+        factor, applied = self._multiplier(provider, entry, billing.context)
+        fees, fee_detail = self._fees(provider, entry, billing.tool_uses)
+        if factor != 1 or fees:
+            share = [fees / len(models)] * len(models)  # fees split evenly, for the cost per model
+            models = [replace(m, cost=m.cost * factor + s) for m, s in zip(models, share)]  # type: ignore[operator]
+        total = sum((m.cost for m in models), Decimal(0))  # type: ignore[misc]
+        data = json.loads(price.provenance)
+        if applied:
+            data["multiplier"] = _plain(factor)
+        if billing.context:
+            data["context"] = dict(billing.context)
+        if fee_detail:
+            data["fees"] = fee_detail
+        if len(models) > 1:
+            data["models"] = {m.model: _plain(m.cost) for m in models}  # type: ignore[arg-type]
+        return CallCost(
+            total, "computed", price, self.version, provenance=json.dumps(data),
+            models=tuple(models) if len(models) > 1 else (),
+        )
+
+    def _multiplier(self, provider: str, entry: Entry, context: Mapping[str, str]) -> tuple[Decimal, dict[str, str]]:
+        """The product of the factors ``context`` selects: the model's own, else the call's
+        provider's, else the model's provider's."""
+        factor, applied = Decimal(1), {}
+        for key, value in context.items():
+            for table in (entry.multipliers, self.multipliers.get(provider, {}), self.multipliers.get(entry.provider, {})):
+                if value in table.get(key, {}):
+                    factor *= table[key][value]
+                    applied[key] = value
+                    break
+        return factor, applied
+
+    def _fees(self, provider: str, entry: Entry, uses: Mapping[str, int]) -> tuple[Decimal, dict[str, Any]]:
+        total, detail = Decimal(0), {}
+        for tool, count in uses.items():
+            for table in (entry.fees, self.fees.get(provider, {}), self.fees.get(entry.provider, {})):
+                if tool in table:
+                    total += table[tool] * count / THOUSAND
+                    detail[tool] = {"uses": count, "per_1000": _plain(table[tool])}
+                    break
+            else:
+                detail[tool] = {"uses": count, "per_1000": None}  # kept for audit and reprice
+        return total, detail
+
+    def _wide_net(
+        self, provider: str, model: str | None, when: datetime, usage: Usage, billing: Billing,
+    ) -> CallCost | None:
+        """The cost genai-prices gives a model this table lacks (None: it does not know it either)."""
+        if not self.wide_net or not model or billing.parts:
+            return None
+        found = genai.price(provider, model, when, usage)
+        if found is None:
+            return None
+        cost, provenance = found
+        return CallCost(cost, "genai-prices", None, genai.version_label(), provenance=provenance)
 
     def suggestions(self, model: str) -> list[str]:
         """Priced names close to ``model`` (for error messages)."""
@@ -360,12 +506,10 @@ def _also(how: str, more: str) -> str:
 
 
 def _entry(name: str, spec: ModelSpec, source: str, text: str) -> Entry:
-    periods = sorted([_period(spec), *map(_period, spec.periods)], key=lambda p: p.since or _BEGINNING)
-    peak = None
-    if spec.peak is not None:
-        offset, days, spans = peak_window(spec.peak)
-        description = f"{', '.join(spec.peak.days)} {', '.join(spec.peak.hours)} UTC{spec.peak.utc_offset}"
-        peak = Peak(offset, days, spans, spec.peak.multiplier, description)
+    # The top-level table's peak is the model's (for every period without its own), not a period's.
+    top = replace(_period(spec), peak=None)
+    periods = sorted([top, *map(_period, spec.periods)], key=lambda p: p.since or _BEGINNING)
+    peak = _peak(spec.peak) if spec.peak is not None else None
     return Entry(
         name=name.lower(),
         provider=spec.provider,
@@ -374,17 +518,35 @@ def _entry(name: str, spec: ModelSpec, source: str, text: str) -> Entry:
         source=source,
         line=locate(text, ("models", name)),
         peak=peak,
+        fees=dict(spec.fees),
+        multipliers={key: dict(values) for key, values in spec.multipliers.items()},
     )
 
 
 def _period(spec: PeriodSpec) -> Period:
     tiers = tuple(sorted((Tier(t.above, Rates.from_spec(t)) for t in spec.tiers), key=lambda t: t.above))
-    return Period(utc_start(spec.since), Rates.from_spec(spec), tiers)
+    return Period(utc_start(spec.since), Rates.from_spec(spec), tiers, _peak(spec.peak) if spec.peak else None)
 
 
-def _version(entries: dict[str, Entry]) -> str:
+def _peak(spec: PeakSpec) -> Peak:
+    offset, days, spans = peak_window(spec)
+    description = f"{', '.join(spec.days)} {', '.join(spec.hours)} UTC{spec.utc_offset}"
+    return Peak(offset, days, spans, spec.multiplier, description)
+
+
+def _minus(usage: Usage, parts: Any) -> Usage:
+    """``usage`` less the usage of ``parts`` (never below 0)."""
+    own = usage
+    for part in parts:
+        own = Usage(*(max(getattr(own, f) - getattr(part, f), 0) for f in TOKEN_FIELDS))
+    return own
+
+
+def _version(
+    entries: dict[str, Entry], fees: Mapping[str, Fees] | None = None, multipliers: Mapping[str, Multipliers] | None = None,
+) -> str:
     """A hash of the effective table (not of the files' text: comments do not change it)."""
-    canonical = {
+    canonical: dict[str, Any] = {
         key: {
             "aliases": list(entry.aliases),
             "peak": [entry.peak.text, str(entry.peak.multiplier)] if entry.peak else None,
@@ -393,12 +555,21 @@ def _version(entries: dict[str, Entry]) -> str:
                     "since": period.since.isoformat() if period.since else None,
                     "rates": period.rates.as_dict(),
                     "tiers": [[tier.above, tier.rates.as_dict()] for tier in period.tiers],
+                    **({"peak": [period.peak.text, str(period.peak.multiplier)]} if period.peak else {}),
                 }
                 for period in entry.periods
             ],
         }
         for key, entry in sorted(entries.items())
     }
+    extras = {
+        "model_fees": {k: e.fees for k, e in entries.items() if e.fees},
+        "model_multipliers": {k: e.multipliers for k, e in entries.items() if e.multipliers},
+        "fees": fees or {},
+        "multipliers": multipliers or {},
+    }
+    if any(extras.values()):  # tables without fees or multipliers keep the hash they had
+        canonical["(billing)"] = json.loads(json.dumps(extras, default=_plain, sort_keys=True))
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:12]
 
 

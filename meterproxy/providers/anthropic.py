@@ -4,16 +4,25 @@ and Vertex AI, which reuse these functions).
 Usage mapping (see meterproxy.providers.usage for the rules): Anthropic's ``input_tokens`` excludes cache
 traffic, so input = ``input_tokens`` + ``cache_creation_input_tokens`` +
 ``cache_read_input_tokens``. ``cache_creation.ephemeral_1h_input_tokens`` is the 1-hour part of
-the cache writes. Thinking tokens are inside ``output_tokens`` and not reported apart. Server tool
-use (``server_tool_use.web_search_requests``...) is billed per request, not per token: it stays in
-``usage_raw``.
+the cache writes. Thinking tokens are inside ``output_tokens``; where reported
+(``output_tokens_details.thinking_tokens``) they are the reasoning tokens. Server tool use
+(``server_tool_use.web_search_requests``...) is billed per request: ``tool_uses``.
+
+``usage.iterations`` lists every sampling pass of a call. A ``compaction`` pass is billed but
+left out of the top-level counts, so the call's usage is the sum of its iterations when that is
+more. ``advisor_message`` passes run on another model (``iterations[].model``), billed at its
+rates: they go to ``parts``, by model, never into ``usage``.
+(https://platform.claude.com/docs/en/build-with-claude/compaction,
+https://platform.claude.com/docs/en/agents-and-tools/tool-use/advisor-tool)
 
 In a stream, ``message_start`` carries the initial usage and every ``message_delta`` carries
-cumulative counts: each field's last value wins; they are never added up.
+cumulative counts: each count keeps its highest value (a ``message_delta`` that leaves out or
+resets the cache counts of ``message_start`` loses nothing); they are never added up.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from meterproxy.providers.base import (
@@ -35,10 +44,10 @@ from meterproxy.wire.tap import Body
 OUTPUT_KEYS = frozenset({"text", "thinking", "partial_json"})
 
 
-def usage_from_anthropic(raw: Any) -> Usage | None:
-    u = as_dict(raw)
-    if not u or not ({"input_tokens", "output_tokens"} & u.keys()):
-        return None
+ADVISOR = "advisor_message"
+
+
+def _counts(u: dict[str, Any]) -> Usage:
     cache_write = as_count(u.get("cache_creation_input_tokens"))
     cache_read = as_count(u.get("cache_read_input_tokens"))
     creation = as_dict(u.get("cache_creation"))
@@ -49,6 +58,45 @@ def usage_from_anthropic(raw: Any) -> Usage | None:
         cache_write_tokens=cache_write,
         cache_write_1h_tokens=as_count(creation.get("ephemeral_1h_input_tokens")),
     )
+
+
+def _iterations(u: dict[str, Any]) -> list[dict[str, Any]]:
+    items = u.get("iterations")
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def usage_from_anthropic(raw: Any) -> Usage | None:
+    """The usage of the call's own model: top-level counts, or the sum of its iterations (all but
+    the advisor's) where that is more; None if ``raw`` is not a usage object."""
+    u = as_dict(raw)
+    if not u or not ({"input_tokens", "output_tokens"} & u.keys()):
+        return None
+    usage = _counts(u)
+    own = [_counts(item) for item in _iterations(u) if item.get("type") != ADVISOR]
+    if own:
+        total = own[0]
+        for counts in own[1:]:
+            total = total.plus(counts)
+        usage = usage.at_least(total)
+    thinking = as_count(as_dict(u.get("output_tokens_details")).get("thinking_tokens"))
+    usage.reasoning_tokens = min(thinking, usage.output_tokens)
+    return usage
+
+
+def read_extras(raw: Any, out: ParsedResponse) -> None:
+    """Advisor usage by model, server tool uses and billing context of a usage object, into ``out``."""
+    u = as_dict(raw)
+    for item in _iterations(u):
+        if item.get("type") == ADVISOR:
+            model = as_str(item.get("model")) or "(advisor)"
+            counts = _counts(item)
+            out.parts[model] = out.parts[model].plus(counts) if model in out.parts else counts
+    for key, value in as_dict(u.get("server_tool_use")).items():
+        if key.endswith("_requests") and (count := as_count(value)):
+            out.tool_uses[key.removesuffix("_requests")] = count
+    for key in ("service_tier", "inference_geo"):
+        if (value := as_str(u.get(key))) is not None:
+            out.price_context[key] = value
 
 
 class AnthropicProvider:
@@ -82,7 +130,9 @@ def parse_response(body: Body, content_type: str) -> ParsedResponse:
         return binary
     if "text/event-stream" in content_type:
         return _parse_stream(body)
-    return parse_json_response(body, usage_from_anthropic, lambda obj: strings(obj.get("content"), OUTPUT_KEYS))
+    out = parse_json_response(body, usage_from_anthropic, lambda obj: strings(obj.get("content"), OUTPUT_KEYS))
+    read_extras(out.usage_raw, out)
+    return out
 
 
 def _parse_stream(body: Body) -> ParsedResponse:
@@ -113,6 +163,7 @@ def _parse_stream(body: Body) -> ParsedResponse:
     if usage:
         out.usage_raw = usage
         out.usage = usage_from_anthropic(usage)
+        read_extras(usage, out)
         # message_start counts only the first output token; message_delta has the real count.
         out.usage_final = final_usage
     else:
@@ -121,11 +172,27 @@ def _parse_stream(body: Body) -> ParsedResponse:
 
 
 def _overlay(usage: dict[str, Any], update: dict[str, Any]) -> None:
-    """Apply cumulative usage: later values replace earlier ones, nested objects field by field."""
+    """Apply cumulative usage: a count keeps its highest value, other values the latest; nested
+    objects merge field by field, lists (``iterations``) element by element."""
     for key, value in update.items():
+        old = usage.get(key)
         if value is None:
             continue
-        if isinstance(value, dict) and isinstance(usage.get(key), dict):
-            _overlay(usage[key], value)
+        if isinstance(value, dict) and isinstance(old, dict):
+            _overlay(old, value)
+        elif isinstance(value, list) and isinstance(old, list):
+            for i, item in enumerate(value):
+                if i < len(old) and isinstance(item, dict) and isinstance(old[i], dict):
+                    _overlay(old[i], item)
+                elif i < len(old):
+                    old[i] = item
+                else:
+                    old.append(copy.deepcopy(item))
+        elif _is_count(value) and _is_count(old):
+            usage[key] = max(old, value)
         else:
-            usage[key] = dict(value) if isinstance(value, dict) else value
+            usage[key] = copy.deepcopy(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -133,6 +133,13 @@ class ParsedResponse:
     """Generated text seen, kept for token estimation."""
     provider_cost_usd: Decimal | None = None
     """The cost the provider itself reported for the call (OpenRouter's ``usage.cost``)."""
+    parts: dict[str, Usage] = field(default_factory=dict)
+    """Usage billed at another model's rates, by model (Anthropic's advisor sub-inferences): not
+    in ``usage``, which is the usage of ``model``."""
+    tool_uses: dict[str, int] = field(default_factory=dict)
+    """Server tool uses billed per use (``web_search``, ``file_search``, ``grounded_prompt``...)."""
+    price_context: dict[str, str] = field(default_factory=dict)
+    """What the response says about how it is billed: ``service_tier``, ``inference_geo``."""
 
 
 class Provider(Protocol):
@@ -234,11 +241,13 @@ def parse_json_response(
     normalize: Callable[[Any], Usage | None],
     output_text: Callable[[dict[str, Any]], Iterator[str]] | None = None,
     unwrapped: Callable[[dict[str, Any]], Usage | None] | None = None,
+    extras: Callable[[dict[str, Any], ParsedResponse], None] | None = None,
 ) -> ParsedResponse:
     """Read a JSON body's ``usage`` (with ``normalize``), ``model``, ``id`` and ``error``.
 
     ``unwrapped`` reads counts that sit at the top level instead of in a ``usage`` object. When
-    the body reports no usage, ``output_text`` collects the generated text for estimation.
+    the body reports no usage, ``output_text`` collects the generated text for estimation;
+    ``extras`` reads what else the object says about billing (tool uses, service tier).
     """
     obj, failed = load_body(body)
     if failed is not None:
@@ -261,6 +270,8 @@ def parse_json_response(
         out.note = "response reported no usage"
     if out.usage is None and output_text is not None:
         out.output_text.extend(output_text(obj))
+    if extras is not None:
+        extras(obj, out)
     return out
 
 

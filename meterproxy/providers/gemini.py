@@ -13,6 +13,10 @@ Usage mapping (see meterproxy.providers.usage): ``promptTokenCount`` already inc
 e.g. search results fed back) are input too. ``thoughtsTokenCount`` is NOT inside
 ``candidatesTokenCount``: output = candidates + thoughts, reasoning = thoughts. In a stream
 every chunk carries the ``usageMetadata`` so far; the last one wins.
+
+Grounding with Google Search is billed per use: a response with ``groundingMetadata`` is one
+grounded prompt (``grounded_prompt``, Gemini 2.x's unit) and each of its ``webSearchQueries`` a
+search query (``search_query``, Gemini 3's unit) (https://ai.google.dev/gemini-api/docs/pricing).
 """
 
 from __future__ import annotations
@@ -176,6 +180,8 @@ def _array_items(data: bytes) -> list[Any]:
 
 def _read_chunks(chunks: list[Any]) -> ParsedResponse:
     out = ParsedResponse(complete=False)
+    searched: set[str] = set()  # a stream repeats the grounding of earlier chunks
+    grounded = False
     for chunk in chunks:
         if not isinstance(chunk, dict):
             continue
@@ -197,6 +203,16 @@ def _read_chunks(chunks: list[Any]) -> ParsedResponse:
                     out.output_text.append(json.dumps(part["functionCall"], separators=(",", ":")))
             if candidate.get("finishReason"):
                 out.complete = True
+            grounding = candidate.get("groundingMetadata")
+            if isinstance(grounding, dict):
+                queries = grounding.get("webSearchQueries")
+                queries = set(queries) if isinstance(queries, list) and all(isinstance(q, str) for q in queries) else set()
+                searched.update(queries)
+                grounded = grounded or bool(queries or grounding.get("groundingChunks"))
+    if grounded:
+        out.tool_uses["grounded_prompt"] = 1
+    if searched:
+        out.tool_uses["search_query"] = len(searched)
     out.usage = usage_from_gemini(out.usage_raw)
     if out.usage is None:
         out.note = "response reported no usageMetadata"

@@ -12,6 +12,13 @@ Usage mapping (see meterproxy.providers.usage for the rules):
   is the provider-reported cost.
 - xAI reports ``reasoning_tokens`` outside ``completion_tokens`` (its ``total_tokens`` is prompt
   + completion + reasoning): whenever ``total_tokens`` shows that, reasoning is added to output.
+  Some xAI models also report ``cached_tokens`` outside ``prompt_tokens`` (cached > prompt, or
+  total = prompt + completion + cached): the cached tokens are then added to input.
+- OpenRouter BYOK (``is_byok``, or a ``usage.cost`` below ``cost_details.upstream_inference_cost``):
+  ``usage.cost`` is OpenRouter's fee only and the upstream provider bills
+  ``upstream_inference_cost`` to the user's own key; the call costs both.
+- Responses API: ``web_search_call`` and ``file_search_call`` output items are tool uses billed
+  per call; the top-level ``service_tier`` (flex, priority...) is the billing context.
 - Groq streams put usage in ``x_groq.usage`` of the last chunk.
 - llama.cpp's native ``/completion`` reports ``tokens_evaluated`` / ``tokens_predicted``; the
   prompt tokens it did not process (``timings.prompt_n``) came from its cache.
@@ -26,6 +33,7 @@ ends with ``response.completed`` (or ``response.incomplete`` / ``response.failed
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 from meterproxy.providers import anthropic
@@ -82,10 +90,44 @@ def usage_from_openai(raw: Any) -> Usage | None:
     else:
         return None
     total = as_count(u.get("total_tokens"))
-    reasoning = usage.reasoning_tokens
-    if reasoning and total == usage.input_tokens + usage.output_tokens + reasoning:
-        usage.output_tokens += reasoning  # reasoning reported outside the output count (xAI)
+    prompt, completion = usage.input_tokens, usage.output_tokens
+    cached, reasoning = usage.cache_read_tokens, usage.reasoning_tokens
+    # xAI: counts reported beside prompt_tokens / completion_tokens instead of inside them.
+    cached_outside = cached > prompt or (
+        cached > 0 and total in (prompt + completion + cached, prompt + completion + cached + reasoning)
+    )
+    if cached_outside:
+        usage.input_tokens += cached
+    if reasoning and total == usage.input_tokens + completion + reasoning:
+        usage.output_tokens += reasoning
     return usage
+
+
+def openrouter_cost(raw: Any) -> Decimal | None:
+    """What an OpenRouter call cost: ``usage.cost``, plus the upstream provider's bill for BYOK."""
+    u = as_dict(raw)
+    cost = as_decimal(u.get("cost"))
+    upstream = as_decimal(as_dict(u.get("cost_details")).get("upstream_inference_cost"))
+    if upstream is None or not upstream:
+        return cost
+    byok = u.get("is_byok")
+    if byok is True or (byok is None and cost is not None and cost < upstream):
+        return (cost or Decimal(0)) + upstream
+    return cost
+
+
+TOOL_ITEMS = {"web_search_call": "web_search", "file_search_call": "file_search"}
+
+
+def read_extras(obj: dict[str, Any], out: ParsedResponse) -> None:
+    """Per-use tool calls (Responses output items) and the service tier of a response object."""
+    items = obj.get("output")
+    for item in items if isinstance(items, list) else ():
+        tool = TOOL_ITEMS.get(as_str(as_dict(item).get("type")) or "")
+        if tool is not None:
+            out.tool_uses[tool] = out.tool_uses.get(tool, 0) + 1
+    if (tier := as_str(obj.get("service_tier"))) is not None:
+        out.price_context["service_tier"] = tier
 
 
 def usage_from_llamacpp(obj: dict[str, Any]) -> Usage | None:
@@ -140,9 +182,9 @@ class OpenAICompatible:
             parse = _parse_responses_stream if "/responses" in path else _parse_chat_stream
             out = parse(body)
         else:
-            out = parse_json_response(body, usage_from_openai, output_text, usage_from_llamacpp)
+            out = parse_json_response(body, usage_from_openai, output_text, usage_from_llamacpp, read_extras)
         if self.reports_cost:
-            out.provider_cost_usd = as_decimal(as_dict(out.usage_raw).get("cost"))
+            out.provider_cost_usd = openrouter_cost(out.usage_raw)
         return out
 
 
@@ -174,6 +216,8 @@ def _parse_chat_stream(body: Body) -> ParsedResponse:
             continue
         out.model = as_str(chunk.get("model")) or out.model
         out.response_id = out.response_id or as_str(chunk.get("id"))
+        if (tier := as_str(chunk.get("service_tier"))) is not None:
+            out.price_context["service_tier"] = tier
         if (err := error_message(chunk)) is not None:
             out.error = err
         usage = chunk.get("usage")
@@ -214,6 +258,7 @@ def _parse_responses_stream(body: Body) -> ParsedResponse:
                 out.usage = usage_from_openai(response["usage"])
         if kind in ("response.completed", "response.incomplete", "response.failed"):
             out.complete = True
+            read_extras(response, out)
         if kind == "response.failed":
             out.error = error_message(response) or "response failed"
         elif kind == "error":

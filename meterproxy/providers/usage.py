@@ -36,6 +36,14 @@ class Usage:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def plus(self, other: Usage) -> Usage:
+        """Both calls' counts added up."""
+        return Usage(*(getattr(self, f) + getattr(other, f) for f in TOKEN_FIELDS))
+
+    def at_least(self, other: Usage) -> Usage:
+        """The larger of the two counts, field by field."""
+        return Usage(*(max(getattr(self, f), getattr(other, f)) for f in TOKEN_FIELDS))
+
 
 TOKEN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 """Every token count, in the order of the ledger's columns: the one list that the ledger, the

@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, time
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Group
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from meterproxy.ledger.reprice import ModelChange, RepriceResult
 from meterproxy.money import exact_usd, usd
+from meterproxy.pricing.genai import Disagreement
 from meterproxy.pricing.table import Price, Rates
 from meterproxy.providers.usage import PART_FIELDS, TOKEN_FIELDS, TOKEN_LABELS
 from meterproxy.times import local_time
@@ -227,6 +229,21 @@ def unpriced_models_table(missing: Iterable[Sequence[Any]]) -> Table:
     return out
 
 
+def disagreements_table(found: Iterable[Disagreement]) -> Table:
+    """``pricing check --against genai-prices``: rates that differ (USD per 1M tokens)."""
+    out = Table(box=None, pad_edge=False)
+    for name in ("model", "genai-prices model", "rate", "ours", "theirs", "since"):
+        out.add_column(name, justify="right" if name in ("ours", "theirs") else "left")
+    for d in found:
+        since = _since_label(d.since) if d.since else "the start"
+        out.add_row(d.model, d.theirs_model, d.rate, _plain_rate(d.ours), _plain_rate(d.theirs), since)
+    return out
+
+
+def _plain_rate(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
 def rates_table(price: Price, at: datetime) -> Table:
     """``pricing show``: every period of the matched entry (the one in force at ``at`` starred), tiers under it."""
     out = Table(title=f"USD per 1M tokens (* in force {at:%Y-%m-%d %H:%M})", title_justify="left", box=None)
@@ -234,11 +251,17 @@ def rates_table(price: Price, at: datetime) -> Table:
     for name in ("input", "output", "cache read", "cache write", "1h write", "reasoning"):
         out.add_column(name, justify="right")
     for period in price.match.entry.periods:
-        label = f"{period.since:%Y-%m-%d}" if period.since else "the start"
+        label = _since_label(period.since) if period.since else "the start"
         out.add_row(label + (" *" if period is price.period else ""), *_rate_cells(period.rates))
         for tier in period.tiers:
             out.add_row(f"  >{tier.above:,} in", *_rate_cells(tier.rates))
+        if period.peak is not None:
+            out.add_row(f"  x{period.peak.multiplier} at times", *[""] * 6)
     return out
+
+
+def _since_label(since: datetime) -> str:
+    return f"{since:%Y-%m-%d}" if since.time() == time() else f"{since:%Y-%m-%d %H:%M}Z"
 
 
 def reprice_table(result: RepriceResult, total: ModelChange, verb: str) -> Table:

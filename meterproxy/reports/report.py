@@ -76,6 +76,8 @@ def summarize(dbs: Sequence[Reader], query: Query) -> dict[str, Any]:
     rows: dict[tuple[str, ...], Sums] = {}
     for db in dbs:
         _collect(db, query, rows)
+        if "model" in query.by:
+            _split_models(db, query, rows)
     costs = _what_if_costs(dbs, query) if query.what_if else None
     groups = _tree(rows, costs, query, level=0)
     others = None
@@ -262,6 +264,46 @@ def _label(key: str, moment: str, offset: timedelta) -> str:
     return f"strftime('%Y-%m-%dT%H:00', {shifted}) || '{sign}{value // 60:02d}:{value % 60:02d}'"
 
 
+_MOVED = [METRICS.index(m) for m in (*TOKEN_FIELDS, "cost_picousd")]
+
+
+def _split_models(db: Reader, query: Query, into: dict[tuple[str, ...], Sums]) -> None:
+    """Give each model of a call billed at several models' rates (``model_costs``) its own tokens
+    and cost, moved from the call's model; the call itself stays counted under its model.
+    Filters apply to the call, as everywhere."""
+    labels = [  # day and hour: labeled below, in the report's zone
+        "NULL" if key in TIME_KEYS else "c.session" if key == "session" else rollup.KEYS[key].format(p="c.")
+        for key in query.by
+    ]
+    where, params = query.filters.sql({name: expr.replace("{p}", "c.") for name, expr in _FILTER_LABELS.items()})
+    sql = (
+        f"SELECT c.started_at, {', '.join(labels)}, m.model, {', '.join(f'm.{t}' for t in TOKEN_FIELDS)}, "
+        f"m.cost_picousd FROM model_costs m JOIN calls c ON c.id = m.call_id "
+        f"WHERE c.started_at >= ? AND c.started_at < ? AND {where}"
+    )
+    bounds = [iso_utc(query.period.start.timestamp()), iso_utc(query.period.end.timestamp())]
+    position = query.by.index("model")
+    zone = query.period.zone
+    for started_at, *values in db.execute(sql, bounds + params).fetchall():
+        key = list(values[: len(query.by)])
+        model, counts = values[len(query.by)], [c or 0 for c in values[len(query.by) + 1:]]
+        local = parse_iso(started_at).astimezone(zone)
+        for i, name in enumerate(query.by):
+            if name == "day":
+                key[i] = local.strftime("%Y-%m-%d")
+            elif name == "hour":
+                minutes = int((local.utcoffset() or timedelta(0)).total_seconds() // 60)
+                sign, value = ("-", -minutes) if minutes < 0 else ("+", minutes)
+                key[i] = local.strftime("%Y-%m-%dT%H:00") + f"{sign}{value // 60:02d}:{value % 60:02d}"
+        for target, sign in ((tuple(key), -1), (tuple(key[:position] + [model] + key[position + 1:]), 1)):
+            sums = into.setdefault(target, [0] * len(METRICS))
+            for index, count in zip(_MOVED, counts):
+                sums[index] += sign * count
+
+
+_FILTER_LABELS = {name: rollup.KEYS.get(name, "{p}" + name) for name in ("agent", "model", "provider", "session", "task", "outcome")}
+
+
 # --- what-if -----------------------------------------------------------------------------
 
 
@@ -282,7 +324,8 @@ def _what_if_costs(dbs: Sequence[Reader], query: Query) -> dict[tuple[str, ...],
         costs[key] = costs.get(key, Decimal(0)) + what_if.rates(when, input_tokens).cost(usage)
 
     period = query.period
-    if not sizes and entry.peak is None:
+    timed = entry.peak is not None or any(p.peak for p in entry.periods)
+    if not sizes and not timed:
         cuts = [period.start, *(c for c in changes if period.start < c < period.end), period.end]
         for start, end in zip(cuts, cuts[1:]):
             rows: dict[tuple[str, ...], Sums] = {}
@@ -295,7 +338,7 @@ def _what_if_costs(dbs: Sequence[Reader], query: Query) -> dict[tuple[str, ...],
     extra = [
         _highest([f"ts >= '{iso_utc(c.timestamp())}'" for c in changes]),  # which price period
         _highest([f"input_tokens > {n}" for n in sizes]),  # which tier
-        "substr(ts, 1, 16)" if entry.peak is not None else "''",  # which minute, for peak hours
+        "substr(ts, 1, 16)" if timed else "''",  # which minute, for peak hours
     ]
     rows = {}
     for db in dbs:

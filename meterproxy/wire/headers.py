@@ -11,10 +11,10 @@ from collections.abc import Iterable
 
 SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 """Headers that carry provider credentials."""
-REQUEST_ID_HEADERS = ("x-request-id", "request-id", "apim-request-id", "x-goog-request-id")
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "apim-request-id", "x-goog-request-id", "mistral-correlation-id")
 """Where providers put their request id, in order of preference."""
 KEPT_REQUEST_HEADERS = ("content-type", "content-encoding", "user-agent")
-KEPT_RESPONSE_HEADERS = ("content-type", "content-encoding", *REQUEST_ID_HEADERS, "mistral-correlation-id")
+KEPT_RESPONSE_HEADERS = ("content-type", "content-encoding", *REQUEST_ID_HEADERS)
 STORED_REQUEST_HEADERS = ("content-type", "user-agent")
 """With the response's content type and request ids, the only headers ever stored."""
 _REQUEST_ID_SUFFIXES = ("request-id", "requestid", "correlation-id")

@@ -8,6 +8,8 @@ other host passes through untouched.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -75,7 +77,12 @@ def parse_route(spec: str, known_providers: Iterable[str]) -> Route:
     return Route(*_split_host_port(where, spec), provider)
 
 
+_HOST_NAME = re.compile(r"(\*[.-]?)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
+
+
 def _split_host_port(where: str, spec: str) -> tuple[str, int | None]:
+    if "/" in where or "@" in where:
+        raise MeterproxyError(f"bad route {spec!r}: HOST[:PORT] only, without scheme, user or path (e.g. llm.internal:8443)")
     if where.startswith("["):  # [::1]:8080
         host, _, rest = where[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
@@ -85,11 +92,21 @@ def _split_host_port(where: str, spec: str) -> tuple[str, int | None]:
         host, port_text = where, ""
     if not host:
         raise MeterproxyError(f"bad route {spec!r}: empty host")
+    if not (_is_ip(host) if where.startswith("[") else _HOST_NAME.fullmatch(host) or _is_ip(host)):
+        raise MeterproxyError(f"bad route {spec!r}: {host!r} is not a host name or IP address")
     if not port_text:
         return host, None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise MeterproxyError(f"bad route {spec!r}: port must be 1-65535")
     return host, int(port_text)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class RouteTable:
