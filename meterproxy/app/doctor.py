@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import certifi
 from sqlite_utils import Database
 
+from meterproxy.app.clientenv import BASE_URL_VARIABLES as SET_BY_ENV
 from meterproxy.app.state import ProxyState, read_state, stale_pid
 from meterproxy.config import Config, Home
 from meterproxy.errors import MeterproxyError
@@ -40,11 +41,8 @@ from meterproxy.wire.routes import BUILTIN_ROUTES
 
 Status = Literal["ok", "warn", "fail"]
 
-BASE_URL_VARIABLES = (
-    "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL", "GROQ_BASE_URL", "MISTRAL_BASE_URL",
-    "OPENAI_API_BASE", "OLLAMA_HOST",
-)
-"""Base-URL variables of the official SDKs and common agent tools that doctor looks at."""
+BASE_URL_VARIABLES = (*SET_BY_ENV, "MISTRAL_BASE_URL", "OPENAI_API_BASE", "OLLAMA_HOST")
+"""Base-URL variables doctor looks at: those ``meterproxy env`` sets, and other tools' own."""
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
 PROBE_TIMEOUT = 1.0
 """Seconds a loopback connection to the proxy may take."""
