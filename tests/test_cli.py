@@ -93,6 +93,7 @@ def test_run_passes_the_environment_and_the_exit_code(home: Path) -> None:
 
 
 def test_calls_on_an_empty_ledger(home: Path) -> None:
+    home.mkdir()
     result = meterproxy("calls", "--json")
     assert result.returncode == 0 and json.loads(result.stdout) == []
 

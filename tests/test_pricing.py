@@ -83,7 +83,7 @@ def test_openai_cached_input_and_reasoning_output() -> None:
 
 
 def test_reasoning_has_its_own_rate_when_a_model_says_so() -> None:
-    table = PriceTable.from_texts([("test.toml", '[models.thinker]\nprovider = "x"\ninput = 1\noutput = 2\nreasoning = 10\n')])
+    table = PriceTable.from_texts([("test.toml", '[models.thinker]\nprovider = "openai"\ninput = 1\noutput = 2\nreasoning = 10\n')])
     cost = table.assess(
         provider="x", model="thinker", usage=Usage(input_tokens=1000, output_tokens=500, reasoning_tokens=300),
         usage_source="reported", outcome="ok", started_at=NOW,
@@ -243,21 +243,21 @@ def test_user_file_overrides_and_extends(tmp_path: Path) -> None:
 
 
 BAD_FILES = [
-    ('[models.a]\nprovider = "x"\ninput = 1\noutput = -2\n', 4, "models.a.output", "greater than or equal to 0"),
-    ('[models.a]\nprovider = "x"\ninput = 1\noutput = 2\ncache_reads = 1\n', 5, "models.a.cache_reads", "unknown field"),
-    ('[models.a]\nprovider = "x"\ninput = 1\n', 1, "models.a.output", "required field is missing"),
-    ('[models.a]\ninput = 1\noutput = "cheap"\nprovider = "x"\n', 3, "models.a.output", "decimal"),
-    ('[models.a]\nprovider = "x"\ninput = 1\noutput = 2\n\n[[models.a.periods]]\ninput = 3\noutput = 4\n',
+    ('[models.a]\nprovider = "openai"\ninput = 1\noutput = -2\n', 4, "models.a.output", "greater than or equal to 0"),
+    ('[models.a]\nprovider = "openai"\ninput = 1\noutput = 2\ncache_reads = 1\n', 5, "models.a.cache_reads", "unknown field"),
+    ('[models.a]\nprovider = "openai"\ninput = 1\n', 1, "models.a.output", "required field is missing"),
+    ('[models.a]\ninput = 1\noutput = "cheap"\nprovider = "openai"\n', 3, "models.a.output", "decimal"),
+    ('[models.a]\nprovider = "openai"\ninput = 1\noutput = 2\n\n[[models.a.periods]]\ninput = 3\noutput = 4\n',
      6, "models.a.periods.0.since", "only one period may leave out 'since'"),
-    ('[models.a]\nprovider = "x"\ninput = 1\noutput = 2\n[[models.a.periods]]\nsince = 2026-01-01\ninput = 1\n'
+    ('[models.a]\nprovider = "openai"\ninput = 1\noutput = 2\n[[models.a.periods]]\nsince = 2026-01-01\ninput = 1\n'
      'output = 2\n[[models.a.periods]]\nsince = 2026-02-01\ninput = 1\noutput = 2\n[[models.a.periods.tiers]]\n'
      'above = 0\ninput = 1\noutput = 2\n', 14, "models.a.periods.1.tiers.0.above", "greater than 0"),
-    ('[models.a]\nprovider = "x"\ninput = 1\noutput = 2\naliases = ["b"]\n[models.b]\nprovider = "x"\ninput = 1\noutput = 2\n',
+    ('[models.a]\nprovider = "openai"\ninput = 1\noutput = 2\naliases = ["b"]\n[models.b]\nprovider = "openai"\ninput = 1\noutput = 2\n',
      5, "models.a.aliases.0", "already a model"),
-    ('[models.a]\nprovider = "x"\ninput = 1\noutput = 2\n[models.a.peak]\nutc_offset = "+08:00"\ndays = ["mon"]\n'
+    ('[models.a]\nprovider = "openai"\ninput = 1\noutput = 2\n[models.a.peak]\nutc_offset = "+08:00"\ndays = ["mon"]\n'
      'hours = ["18:00-09:00"]\nmultiplier = 2\n', 8, "models.a.peak.hours.0", "within a day"),
-    ('[models.a]\nprovider = "x"\ninput = 1\noutput = 2\n[models.b\n', 5, "", "Expected ']'"),
-    ('[models.a]\nprovider = "x"\ninput = 1,5\noutput = 2\n', 3, "", "Expected newline"),
+    ('[models.a]\nprovider = "openai"\ninput = 1\noutput = 2\n[models.b\n', 5, "", "Expected ']'"),
+    ('[models.a]\nprovider = "openai"\ninput = 1,5\noutput = 2\n', 3, "", "Expected newline"),
 ]
 
 

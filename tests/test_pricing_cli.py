@@ -119,6 +119,7 @@ def test_costs_through_the_proxy_keep_their_provenance_and_a_price_fix_reprices_
 
 def test_pricing_show_explains_the_match(home: Path, clock) -> None:
     clock("2026-11-22T12:00:00Z")
+    home.mkdir()
     shown = meterproxy("pricing", "show", "anthropic/claude-sonnet-4.5", env={"TZ": "UTC"})
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("anthropic/claude-sonnet-4.5 -> claude-sonnet-4-5 (anthropic)\n")
@@ -294,6 +295,7 @@ def test_a_running_proxy_prices_new_calls_with_an_edited_pricing_toml(
 
 
 def test_pricing_check_against_genai_prices_lists_disagreements(home: Path, tmp_path: Path) -> None:
+    home.mkdir()
     shipped = meterproxy("pricing", "check", "--against", "genai-prices")
     assert shipped.returncode == 0, shipped.stderr
     version = metadata.version("genai-prices")

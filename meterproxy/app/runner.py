@@ -29,6 +29,7 @@ from mitmproxy.addons import errorcheck
 from meterproxy.app.addon import MeterAddon
 from meterproxy.app.clientenv import ensure_ca
 from meterproxy.app.gateway import Gateway
+from meterproxy.app.state import StateKeeper, claim
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 
@@ -72,9 +73,14 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
     """Run the proxy until a signal stops it; return the exit code."""
+    lock = claim(spec.home.ensure())  # a second start on this home stops here
     check_port_free(spec.host, spec.port)
     ensure_ca(spec.home)
-    return asyncio.run(_serve(spec, on_ready))
+    try:
+        return asyncio.run(_serve(spec, on_ready))
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
@@ -106,7 +112,13 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
     except exceptions.OptionsError as e:
         raise MeterproxyError(str(e)) from e
 
-    proxy.addons.add(_Ready(on_ready))
+    keepers: list[StateKeeper] = []
+
+    def ready(host: str, port: int) -> None:
+        keepers.append(StateKeeper(spec.home, host, port, lambda: live_counters(meter)).start())
+        on_ready(host, port)
+
+    proxy.addons.add(_Ready(ready))
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task] = []
 
@@ -122,7 +134,11 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
         loop.add_signal_handler(signal.SIGHUP, lambda: meter.pipeline and meter.pipeline.reload_prices())
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    await proxy.run()
+    try:
+        await proxy.run()
+    finally:
+        for keeper in keepers:
+            keeper.stop()
     written = meter.pipeline.writer.written if meter.pipeline else 0
     print(f"meterproxy stopped: {written} records written to {spec.home.ledger}", file=sys.stderr)
     return 0
@@ -137,6 +153,20 @@ async def _drain_and_stop(proxy: master.Master, meter: MeterAddon, grace: float)
     while meter.in_flight() and loop.time() < deadline:
         await asyncio.sleep(0.05)
     proxy.shutdown()
+
+
+def live_counters(meter: MeterAddon) -> dict[str, object]:
+    """The writer's and the addon's counters for ``proxy.json`` (read from the state thread)."""
+    writer = meter.pipeline.writer if meter.pipeline else None
+    if writer is None:
+        return {}
+    return {
+        "calls": writer.written,
+        "failed": writer.failed,
+        "writer_backlog": writer.backlog,
+        "writer_error": writer.last_error,
+        "in_flight": meter.in_flight(),
+    }
 
 
 class _Ready:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC
+from datetime import UTC, datetime
 from time import sleep
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from meterproxy.cli import options
 from meterproxy.cli.options import filter_options, home_option, period_options
+from meterproxy.cli.progress import counting
 from meterproxy.config import Home
 from meterproxy.ledger.archive import archive, archive_files, pending
 from meterproxy.ledger.db import read
@@ -30,6 +29,7 @@ from meterproxy.reports.render import (
     report_table,
 )
 from meterproxy.reports.report import BY, Query, WhatIf, full_report
+from meterproxy.times import iso_utc
 
 
 @click.command()
@@ -42,14 +42,18 @@ from meterproxy.reports.report import BY, Query, WhatIf, full_report
               help="Seconds between looks at the ledger with --follow.")
 @click.option("--json", "as_json", is_flag=True,
               help="A JSON array of ledger rows (with --follow: one JSON object per line).")
+@click.option("--include-archive", is_flag=True, help="Include calls moved to archive/ by meterproxy archive.")
 def calls(
-    home: Home, period: Period | None, filters: Filters, limit: int, follow: bool, interval: float, as_json: bool
+    home: Home, period: Period | None, filters: Filters, limit: int, follow: bool, interval: float, as_json: bool,
+    include_archive: bool,
 ) -> None:
     """List the newest calls, or follow new ones as they are recorded."""
-    db = options.reader(home)
+    db = options.read_ledger(home)
     bounds = (period.start, period.end) if period else (None, None)
     newest = last_rowid(db)
     rows = list_calls(db, filters, *bounds, limit=limit, upto_rowid=newest)
+    if include_archive:
+        rows = _with_archived(home, rows, filters, period, limit)
     for row in rows:
         del row["rowid"]
     if not follow:
@@ -69,6 +73,19 @@ def calls(
         for row in list_calls(db, filters, *bounds, after_rowid=newest):
             newest = row.pop("rowid")
             click.echo(show(row))
+
+
+def _with_archived(
+    home: Home, rows: list[dict], filters: Filters, period: Period | None, limit: int
+) -> list[dict]:
+    """The newest ``limit`` of ``rows`` and of the calls in the archives that may hold some of ``period``."""
+    always = (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
+    low, high = (period.start, period.end) if period else always
+    bounds = (period.start, period.end) if period else (None, None)
+    for path in archive_files(home.archive, low, high):
+        rows += list_calls(read(path), filters, *bounds, limit=limit)
+    unique = {row["id"]: row for row in reversed(rows)}  # a row in both (an interrupted archive): the ledger's
+    return sorted(unique.values(), key=lambda row: row["started_at"], reverse=True)[:limit]
 
 
 @click.command()
@@ -91,9 +108,9 @@ def report(
         raise click.UsageError("choose one of --json and --csv")
     if len(set(by)) < len(by):
         raise click.BadParameter("each key may be given once", param_hint="'--by'")
-    budgets = home.ensure().load_config().budgets
+    budgets = options.existing(home).load_config().budgets
     query = Query(period, by or ("model",), filters, top, _what_if(home, what_if) if what_if else None)
-    dbs = [options.reader(home)]
+    dbs = [options.read_ledger(home)]
     if include_archive:
         dbs += [read(path) for path in archive_files(home.archive, period.start, period.end)]
     data = full_report(dbs, query, options.now(), budgets.daily_usd, budgets.monthly_usd, budgets.warn_at)
@@ -119,26 +136,31 @@ def _what_if(home: Home, model: str) -> WhatIf:
 @home_option
 @click.option("--older-than", required=True, metavar="AGE", help="Move calls started more than AGE ago (90d, 12w...).")
 @click.option("--dry-run", is_flag=True, help="Only say what would move.")
-def archive_command(home: Home, older_than: str, dry_run: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print what moved (or would move) as JSON.")
+def archive_command(home: Home, older_than: str, dry_run: bool, as_json: bool) -> None:
     """Move old calls into archive/YYYY-MM.db (reports read them with --include-archive)."""
     try:
         cutoff = last_period(older_than, UTC, options.now()).start
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--older-than'") from None
-    db = options.ledger(home)
+    db = options.write_ledger(home)
     plan = pending(db, cutoff)
     total = sum(sum(counts.values()) for counts in plan.values())
-    verb = "would move" if dry_run else "moving"
-    click.echo(f"Calls started before {cutoff.isoformat(timespec='seconds')}: {total:,} rows")
-    for month, counts in plan.items():
-        click.echo(f"  {month}: {counts['calls']:,} calls, {counts['api_calls']:,} api calls "
-                   f"{verb} to {home.archive / f'{month}.db'}")
-    if dry_run or not total:
-        return
-    with Progress(
-        TextColumn("archiving"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True),
-    ) as progress:
-        task = progress.add_task("archive", total=total)
-        archive(db, home.archive, cutoff, lambda count: progress.advance(task, count))
-    click.echo(f"Archived {total:,} rows.")
+    months = [{"month": month, **counts, "file": str(home.archive / f"{month}.db")} for month, counts in plan.items()]
+    if not as_json:
+        verb = "would move" if dry_run else "moving"
+        click.echo(f"Calls started before {cutoff.isoformat(timespec='seconds')}: {total:,} rows")
+        for month in months:
+            click.echo(f"  {month['month']}: {month['calls']:,} calls, {month['api_calls']:,} api calls "
+                       f"{verb} to {month['file']}")
+    moved = 0
+    if not dry_run and total:
+        with counting("archiving", total, "rows") as advance:
+            moved = sum(archive(db, home.archive, cutoff, advance).values())
+    if as_json:
+        click.echo(json.dumps({
+            "cutoff": iso_utc(cutoff.timestamp()), "dry_run": dry_run, "rows": total, "archived": moved,
+            "months": months,
+        }, indent=2))
+    elif moved:
+        click.echo(f"Archived {moved:,} rows.")

@@ -57,6 +57,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "web_commands:dashboard",
         "Spend today, this month and by agent and model, refreshing until Ctrl-C (piped: printed once).",
     ),
+    "status": (
+        "doctor_commands:status",
+        "Is a proxy running on this home: pid, port, uptime, calls since start, writer backlog.",
+    ),
+    "stop": ("doctor_commands:stop", "Stop the proxy running on this home (SIGTERM) and wait for its clean exit."),
+    "doctor": (
+        "doctor_commands:doctor",
+        "Check the proxy, the CA and trust stores, this shell's environment, Node, tiktoken, the prices, the "
+        "ledger and the forwarding backlog; each problem with its fix.",
+    ),
 }
 """Command name -> ``module:attribute`` under :mod:`meterproxy.cli`, and its one-line help.
 

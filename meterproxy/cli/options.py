@@ -8,7 +8,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from meterproxy import times
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import Reader, connect, read
-from meterproxy.reports.periods import Period, PeriodChoiceError, choose_period
+from meterproxy.reports.periods import OUT_OF_RANGE, Period, PeriodChoiceError, choose_period, local_zone
 from meterproxy.reports.query import FILTERS, Filters
 
 
@@ -107,12 +107,19 @@ def when(text: str, end_of_day: bool = False) -> datetime:
     """YYYY-MM-DD as local midnight (the next one for an inclusive end), or an ISO time."""
     try:
         if len(text) == 10:
-            day = datetime.strptime(text, "%Y-%m-%d").date() + timedelta(days=int(end_of_day))
-            return datetime.combine(day, time()).astimezone()
-        moment = times.parse_iso(text)
+            day = datetime.strptime(text, "%Y-%m-%d").date()
+        else:
+            moment = times.parse_iso(text)
     except ValueError as e:
         raise click.BadParameter(f"{text!r}: expected YYYY-MM-DD or an ISO time") from e
-    return moment if moment.tzinfo else moment.astimezone()
+    try:
+        if len(text) == 10:
+            moment = datetime.combine(day + timedelta(days=int(end_of_day)), time())
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=local_zone())
+        moment.astimezone(UTC).timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise click.BadParameter(f"{text!r}: {OUT_OF_RANGE}") from None
+    return moment
 
 
 def now() -> datetime:
@@ -140,3 +147,22 @@ def setup_logging(verbose: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("meterproxy").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def existing(home: Home) -> Home:
+    """``home`` for a command that only reads it: a missing home is an error, and nothing is created."""
+    if not home.root.is_dir():
+        raise MeterproxyError(
+            f"no meterproxy home at {home.root} (check --home or METERPROXY_HOME; `meterproxy start` creates it)"
+        )
+    return home
+
+
+def read_ledger(home: Home) -> Reader:
+    """The ledger of an existing home, to read (see :func:`existing`)."""
+    return read(existing(home).ledger)
+
+
+def write_ledger(home: Home):
+    """The ledger of an existing home, to write (migrated first; see :func:`existing`)."""
+    return connect(existing(home).ledger)

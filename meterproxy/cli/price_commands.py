@@ -4,20 +4,26 @@ model is priced, ``import`` LiteLLM's prices) and ``reprice`` (recompute stored 
 from __future__ import annotations
 
 import json
-from datetime import UTC
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
 from meterproxy.cli import options
 from meterproxy.cli.options import home_option
+from meterproxy.cli.progress import counting
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
+from meterproxy.ledger.reprice import count as count_calls
 from meterproxy.ledger.reprice import reprice
 from meterproxy.pricing import genai
+from meterproxy.pricing.file import PriceFileError
 from meterproxy.pricing.litellm import import_litellm
-from meterproxy.pricing.table import BUNDLED, LOCAL_PROVIDERS, PriceTable
+from meterproxy.pricing.table import BUNDLED, Price, PriceTable
 from meterproxy.reports.render import disagreements_table, rates_table, reprice_table, unpriced_models_table
+from meterproxy.reports.unpriced import unpriced_models
 from meterproxy.times import at_utc, iso_utc
 
 
@@ -31,40 +37,55 @@ def pricing() -> None:
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--against", type=click.Choice(["genai-prices"]),
               help="Also list every rate on which another price database disagrees.")
-def pricing_check(home: Home, file: Path | None, against: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (an invalid file too, with exit 1).")
+def pricing_check(home: Home, file: Path | None, against: str | None, as_json: bool) -> None:
     """Validate the price files (or FILE in place of yours) and list ledger models with no price."""
     if file is not None and not file.exists():
         raise MeterproxyError(f"{file}: no such file")
-    table = PriceTable.load(file or home.pricing_file)
+    if file is None:
+        options.existing(home)
+    try:
+        table = PriceTable.load(file or home.pricing_file)
+    except PriceFileError as e:
+        if not as_json:
+            raise
+        click.echo(json.dumps({"valid": False, "file": e.source, "problems": e.problems}, indent=2))
+        sys.exit(1)
     if against == "genai-prices":
         _check_against_genai(table)
     bundled = PriceTable.load().entries
+    files = []
     for source, count in table.files:
-        replaced = [k for k, e in table.entries.items() if e.source == source != BUNDLED and k in bundled]
-        note = f" (replacing bundled: {', '.join(sorted(replaced))})" if replaced else ""
-        click.echo(f"{source}: {count} models, valid{note}")
+        replaced = sorted(k for k, e in table.entries.items() if e.source == source != BUNDLED and k in bundled)
+        files.append({"file": source, "models": count, "replacing_bundled": replaced})
+    missing = unpriced_models(options.read_ledger(home), table) if home.ledger.exists() else None
+    wide = [row for row in missing or () if row[1] and genai.find(row[0] or "", row[1]) is not None]
+    if missing is not None:
+        missing = [row for row in missing if row not in wide]
+    if as_json:
+        click.echo(json.dumps({
+            "valid": True, "pricing_version": table.version, "files": files, "ledger": str(home.ledger),
+            "unpriced_models": None if missing is None else [
+                dict(zip(("provider", "model", "calls", "first_call", "last_call"), row)) for row in missing
+            ],
+            "priced_by_genai_prices": sorted({row[1] for row in wide}),
+        }, indent=2))
+        return
+    for item in files:
+        note = f" (replacing bundled: {', '.join(item['replacing_bundled'])})" if item["replacing_bundled"] else ""
+        click.echo(f"{item['file']}: {item['models']} models, valid{note}")
     click.echo(f"pricing version: {table.version}")
-    if not home.ledger.exists():
+    if missing is None:
         click.echo("ledger: none yet")
         return
-    cursor = options.reader(home).execute(
-        "SELECT provider, COALESCE(model, request_model) AS name, COUNT(*), MIN(started_at), MAX(started_at) "
-        "FROM calls GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
-    )
-    missing = [
-        row for row in cursor.fetchall()
-        if row[0] not in LOCAL_PROVIDERS and table.lookup(row[0] or "", row[1]) is None
-    ]
-    wide = [row for row in missing if row[1] and genai.find(row[0] or "", row[1]) is not None]
     if wide:
         names = ", ".join(sorted({row[1] for row in wide}))
         click.echo(f"ledger: {len(wide)} model(s) priced by genai-prices, not pricing.toml: {names}")
-        missing = [row for row in missing if row not in wide]
     if not missing:
         click.echo("ledger: every model seen has a price")
-        return
-    click.echo(f"ledger: {len(missing)} model(s) seen without a price (their calls are unpriced):")
-    options.wide_console().print(unpriced_models_table(missing))
+    else:
+        click.echo(f"ledger: {len(missing)} model(s) seen without a price (their calls are unpriced):")
+        options.wide_console().print(unpriced_models_table(missing))
 
 
 def _check_against_genai(table: PriceTable) -> None:
@@ -86,13 +107,19 @@ def _check_against_genai(table: PriceTable) -> None:
 @click.argument("model")
 @click.option("--provider", default="", help="The provider the call went to (its own prices win).")
 @click.option("--at", "when", help="Date or time to show the price in force at [default: now].")
-def pricing_show(home: Home, model: str, provider: str, when: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the match and every period's rates as JSON.")
+def pricing_show(home: Home, model: str, provider: str, when: str | None, as_json: bool) -> None:
     """Show the rates MODEL is priced at, and why they match."""
-    table = PriceTable.load(home.pricing_file)
     at = options.when(when) if when else options.now().astimezone()
+    table = PriceTable.load(options.existing(home).pricing_file)
     price = table.price(provider.lower(), model, at_utc(at.timestamp()))
     if price is None and (wide := genai.find(provider.lower(), model)) is not None:
         rates = {k: format(v.normalize(), "f") for k, v in wide.rates_at(at_utc(at.timestamp())).items() if v is not None}
+        if as_json:
+            click.echo(json.dumps({"model": model, "entry": wide.model, "provider": wide.provider,
+                                   "why": f"genai-prices {genai.version()}", "at": iso_utc(at.timestamp()),
+                                   "rates": rates}, indent=2))
+            return
         click.echo(f"{model} -> {wide.model} ({wide.provider}) in genai-prices {genai.version()}: not in pricing.toml")
         click.echo("  USD per 1M tokens: " + ", ".join(f"{k} {v}" for k, v in rates.items()))
         click.echo(f"  its calls are recorded with cost_source genai-prices; add [models.\"{model}\"] to pricing.toml to set your own")
@@ -102,6 +129,9 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
         hint = f" (close: {', '.join(close)})" if close else ""
         raise MeterproxyError(f"no price for model {model!r}{hint}: its calls are recorded unpriced")
     entry = price.match.entry
+    if as_json:
+        click.echo(json.dumps(price_json(model, price, table.version, at), indent=2))
+        return
     click.echo(f"{model} -> {entry.name} ({entry.provider})")
     click.echo(f"  why: {price.match.how}")
     click.echo(f"  defined at: {entry.where}")
@@ -123,6 +153,34 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None) -> Non
         click.echo("multipliers (when the response reports it): " + ", ".join(f"{k} {v}" for k, v in factors.items()))
     if entry.aliases:
         click.echo(f"aliases: {', '.join(entry.aliases)}")
+
+
+def price_json(model: str, price: Price, version: str, at: datetime) -> dict[str, Any]:
+    """``pricing show --json``: the match, the rates in force at ``at`` and every period (rates as decimal text)."""
+    entry = price.match.entry
+    window = price.period.peak or entry.peak
+    return {
+        "model": model,
+        "entry": entry.name,
+        "provider": entry.provider,
+        "why": price.match.how,
+        "defined_at": entry.where,
+        "pricing_version": version,
+        "at": iso_utc(at.timestamp()),
+        "rates": price.rates.as_dict(),
+        "peak": price.peak,
+        "peak_hours": {"window": window.text, "multiplier": str(window.multiplier)} if window else None,
+        "periods": [
+            {
+                "since": iso_utc(period.since.timestamp()) if period.since else None,
+                "in_force": period is price.period,
+                "rates": period.rates.as_dict(),
+                "tiers": [{"above": tier.above, "rates": tier.rates.as_dict()} for tier in period.tiers],
+            }
+            for period in entry.periods
+        ],
+        "aliases": list(entry.aliases),
+    }
 
 
 @pricing.command("import")
@@ -158,10 +216,13 @@ def reprice_command(
     home: Home, start: str | None, end: str | None, model: str | None, dry_run: bool, as_json: bool,
 ) -> None:
     """Recompute the cost of stored calls with the current prices, and say what changed."""
-    table = PriceTable.load(home.pricing_file)
     since = options.when(start).timestamp() if start else 0.0
     until = options.when(end, end_of_day=True).timestamp() if end else options.now().timestamp() + 1
-    result = reprice(options.ledger(home), table, iso_utc(since), iso_utc(until), model, dry_run)
+    table = PriceTable.load(options.existing(home).pricing_file)
+    db = options.write_ledger(home)
+    bounds = iso_utc(since), iso_utc(until)
+    with counting("reprice", count_calls(db, *bounds), "calls") as advance:
+        result = reprice(db, table, *bounds, model, dry_run, progress=advance)
     total = result.totals()
     if as_json:
         rows = [vars(change) for change in (*result.models.values(), total)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -164,9 +165,40 @@ def run(home: Home, agent: str | None, host: str | None, port: int | None, comma
 
     environment = os.environ | client_environment(home, *_proxy_address(home, host, port), agent)
     try:
-        result = subprocess.run(command, env=environment)
+        child = subprocess.Popen(command, env=environment)
     except FileNotFoundError as e:
         raise MeterproxyError(f"command not found: {command[0]}") from e
     except PermissionError as e:
         raise MeterproxyError(f"cannot run {command[0]}: permission denied") from e
-    sys.exit(result.returncode if result.returncode >= 0 else 128 - result.returncode)
+    returncode = _wait_forwarding_signals(child)
+    sys.exit(returncode if returncode >= 0 else 128 - returncode)
+
+
+FORWARDED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _wait_forwarding_signals(child: subprocess.Popen) -> int:
+    """Wait for ``child``, passing it the signals meant for us (Ctrl-C: its own exit code wins)."""
+
+    def forward(number: int, _frame: object) -> None:
+        if number == signal.SIGINT and _terminal_sent_it(child.pid):
+            return  # Ctrl-C in a terminal reaches the child itself: a second SIGINT could cut its cleanup short
+        try:
+            child.send_signal(number)
+        except ProcessLookupError:
+            pass
+
+    previous = {number: signal.signal(number, forward) for number in FORWARDED_SIGNALS}
+    try:
+        return child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _terminal_sent_it(pid: int) -> bool:
+    """Whether ``pid`` is in the terminal's foreground process group (so it got the terminal's signal too)."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgid(pid)
+    except (OSError, AttributeError, ValueError):
+        return False

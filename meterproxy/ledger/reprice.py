@@ -60,11 +60,15 @@ class RepriceResult:
 
 def reprice(
     db: Database, table: PriceTable, start: str, end: str, model: str | None = None, dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> RepriceResult:
-    """Reprice calls started in [start, end) (ISO UTC text), optionally only those of ``model``."""
+    """Reprice calls started in [start, end) (ISO UTC text), optionally only those of ``model``;
+    ``progress(n)`` is told after each batch of ``n`` calls read (of :func:`count`)."""
     result = RepriceResult(table.version)
     wanted = _model_filter(table, model)
     for rows in _batches(db, start, end):
+        if progress is not None:
+            progress(len(rows))
         updates = []
         part_updates: list[dict[str, Any]] = []
         parts = _parts(db, [row["id"] for row in rows])
@@ -114,6 +118,14 @@ def reprice(
     return result
 
 
+def count(db: Database, start: str, end: str) -> int:
+    """How many calls :func:`reprice` reads over [start, end)."""
+    return db.execute(f"SELECT COUNT(*) FROM calls WHERE {_WHERE}", [start, end]).fetchone()[0]
+
+
+_WHERE = "started_at >= ? AND started_at < ? AND cost_source IS NOT 'provider_reported'"
+
+
 def _parts(db: Database, ids: list[str]) -> dict[str, dict[str, Usage]]:
     """The usage per model of the calls among ``ids`` billed at several models' rates."""
     found: dict[str, dict[str, Usage]] = {}
@@ -131,7 +143,7 @@ def _parts(db: Database, ids: list[str]) -> dict[str, dict[str, Usage]]:
 
 def _batches(db: Database, start: str, end: str) -> Iterator[list[dict[str, Any]]]:
     """Rows to reprice, in (started_at, id) order, a batch at a time (keyset pagination)."""
-    where = "started_at >= ? AND started_at < ? AND cost_source IS NOT 'provider_reported'"
+    where = _WHERE
     after: tuple[str, str] = ("", "")
     while True:
         cursor = db.execute(

@@ -26,7 +26,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -118,6 +118,9 @@ class Sender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meterproxy-forward", daemon=True)
+        self.on_attempt: Callable[[str, int, Attempt | None], None] | None = None
+        """Told (receipt id, try number, None) before each POST and (..., the answer) after it:
+        ``meterproxy forward`` shows its progress with it."""
 
     # --- in the proxy: a thread ------------------------------------------------------------
 
@@ -241,8 +244,12 @@ class Sender:
         """Up to three quick tries of one receipt; its outcome recorded in the outbox."""
         tries = 0
         while True:
+            if self.on_attempt is not None:
+                self.on_attempt(receipt_id, tries + 1, None)
             attempt = self._http.post(receipt_id, payload)
             tries += 1
+            if self.on_attempt is not None:
+                self.on_attempt(receipt_id, tries, attempt)
             if attempt.outcome != "retry" or tries >= QUICK_TRIES or self._stop.is_set():
                 break
             wait = max(self._delay(tries - 1), attempt.retry_after or 0)

@@ -48,10 +48,11 @@ Floats are read as exact decimals (``parse_float=Decimal``), never through binar
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -61,6 +62,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from meterproxy.errors import MeterproxyError
 
 Rate = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+LOCAL_PROVIDERS = frozenset({"ollama", "lmstudio", "llamacpp", "vllm", "local"})
+"""Providers whose calls cost nothing."""
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -119,22 +122,53 @@ class FileSpec(_Strict):
     """Provider -> its default multipliers."""
 
 
+class PriceFileError(MeterproxyError):
+    """A price file with problems: every one of them, each naming the file, line and field."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            super().__init__(f"{source}: {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems))
+
+
 def parse_text(source: str, text: str) -> FileSpec:
-    """Parse and validate one price file; a problem is a MeterproxyError naming file, line and field."""
+    """Parse and validate one price file; its problems, all of them, raise :class:`PriceFileError`."""
     try:
         doc = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as e:
         message = str(e)
         line = re.search(r"\(at line (\d+), column \d+\)", message)
         where = f"{source}:{line.group(1)}" if line else source
-        raise MeterproxyError(f"{where}: {re.sub(r' \(at line .*\)$', '', message)}") from e
-    try:
-        spec = FileSpec.model_validate(doc)
+        raise PriceFileError(source, [f"{where}: {re.sub(r' \(at line .*\)$', '', message)}"]) from e
+    problems: list[tuple[int, str]] = []
+
+    def problem(loc: Sequence[str | int], message: str) -> None:
+        problems.append((locate(text, loc) or 0, str(field_error(source, text, loc, message))))
+
+    base = FileSpec()
+    try:  # everything but the models (provider fees and multipliers), validated as a whole
+        base = FileSpec.model_validate({k: v for k, v in doc.items() if k != "models"})
     except ValidationError as e:
-        errors = e.errors()
-        more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
-        raise field_error(source, text, tuple(errors[0]["loc"]), _message(errors[0]) + more) from e
-    _check_consistency(source, text, spec)
+        for error in e.errors():
+            problem(tuple(error["loc"]), _message(error))
+    raw_models = doc.get("models", {})
+    if not isinstance(raw_models, dict):
+        problem(("models",), "expected tables of models ([models.\"NAME\"])")
+        raw_models = {}
+    models: dict[str, ModelSpec] = {}
+    for name, raw in raw_models.items():  # each model on its own: one bad entry hides no other problem
+        try:
+            models[name] = ModelSpec.model_validate(raw)
+        except ValidationError as e:
+            for error in e.errors():
+                problem(("models", name, *error["loc"]), _message(error))
+    spec = base.model_copy(update={"models": models})
+    _check_consistency(spec, problem)
+    if problems:
+        raise PriceFileError(source, [message for _, message in sorted(problems, key=lambda p: p[0])])
     return spec
 
 
@@ -152,14 +186,28 @@ def _message(error: Any) -> str:
     return str(error["msg"])
 
 
-def _check_consistency(source: str, text: str, spec: FileSpec) -> None:
-    """What the schema cannot say: unique dates, tiers and names."""
+def known_providers() -> frozenset[str]:
+    """The names a price entry's ``provider`` may take: every route's provider, and the local ones."""
+    try:  # the parsers' registry, imported only when a price file is read
+        from meterproxy.providers.registry import PROVIDERS
+    except ImportError:  # trees where the registry is the package itself
+        from meterproxy.providers import PROVIDERS  # type: ignore[attr-defined,no-redef]
+    return frozenset(PROVIDERS) | LOCAL_PROVIDERS
+
+
+def _check_consistency(spec: FileSpec, problem: Callable[[Sequence[str | int], str], None]) -> None:
+    """What the schema cannot say: known providers; unique dates, tiers and names."""
+    providers = known_providers()
     names: dict[str, str] = {}
     for name, model in spec.models.items():
         key = name.lower()
         if key in names:
-            raise field_error(source, text, ("models", name), f"defined twice (also as {names[key]!r})")
+            problem(("models", name), f"defined twice (also as {names[key]!r})")
         names[key] = name
+        if model.provider not in providers:
+            close = difflib.get_close_matches(model.provider, sorted(providers), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(providers))}"
+            problem(("models", name, "provider"), f"unknown provider {model.provider!r} ({hint})")
     for name, model in spec.models.items():
         seen_since: set[datetime | None] = set()
         periods: list[tuple[tuple[str | int, ...], Any]] = [(("models", name), model)]
@@ -168,15 +216,15 @@ def _check_consistency(source: str, text: str, spec: FileSpec) -> None:
             since = utc_start(period.since)
             if since in seen_since:
                 what = "another period of this model has the same date" if since else "only one period may leave out 'since'"
-                raise field_error(source, text, (*loc, "since"), what)
+                problem((*loc, "since"), what)
             seen_since.add(since)
             aboves = [tier.above for tier in period.tiers]
             if len(set(aboves)) != len(aboves):
-                raise field_error(source, text, (*loc, "tiers"), "two tiers have the same 'above'")
+                problem((*loc, "tiers"), "two tiers have the same 'above'")
         for i, alias in enumerate(model.aliases):
             other = names.get(alias.lower())
             if other is not None:
-                raise field_error(source, text, ("models", name, "aliases", i), f"{alias!r} is already a model")
+                problem(("models", name, "aliases", i), f"{alias!r} is already a model")
             names[alias.lower()] = name
         for loc, period in periods:
             if period.peak is None:
@@ -184,9 +232,9 @@ def _check_consistency(source: str, text: str, spec: FileSpec) -> None:
             for i, span in enumerate(period.peak.hours):
                 start, end = (_minutes(t) for t in span.split("-"))
                 if not 0 <= start < end <= 24 * 60:
-                    raise field_error(source, text, (*loc, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
+                    problem((*loc, "peak", "hours", i), "expected HH:MM-HH:MM within a day")
             if abs(_minutes(period.peak.utc_offset[1:])) >= 24 * 60:
-                raise field_error(source, text, (*loc, "peak", "utc_offset"), "expected +HH:MM within a day")
+                problem((*loc, "peak", "utc_offset"), "expected +HH:MM within a day")
 
 
 def utc_start(when: date | datetime | None) -> datetime | None:
@@ -237,6 +285,9 @@ def locate(text: str, loc: Sequence[str | int]) -> int | None:
     for end in range(len(wanted), 0, -1):
         if wanted[:end] in positions:
             return positions[wanted[:end]]
+        inside = [line for path, line in positions.items() if path[:end] == wanted[:end]]
+        if inside:  # only sub-tables are written out ([models."x".peak]): the first of them
+            return min(inside)
     return None
 
 

@@ -40,6 +40,7 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.money import to_picousd
 from meterproxy.pricing import genai
 from meterproxy.pricing.file import (
+    LOCAL_PROVIDERS,
     Fees,
     ModelSpec,
     Multipliers,
@@ -54,7 +55,6 @@ from meterproxy.pricing.file import (
 from meterproxy.providers.usage import TOKEN_FIELDS, Usage
 
 MILLION = Decimal(1_000_000)
-LOCAL_PROVIDERS = frozenset({"ollama", "lmstudio", "llamacpp", "vllm", "local"})
 BUNDLED = "bundled pricing.toml"
 _DATE_SUFFIX = re.compile(r"(?:-(\d{4}-\d{2}-\d{2}|\d{8})|@\d{8})$")
 _BEGINNING = datetime.min.replace(tzinfo=UTC)

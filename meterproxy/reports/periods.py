@@ -162,17 +162,25 @@ def choose_period(
     except ValueError as e:
         raise PeriodChoiceError(str(e), f"{dash}tz") from None
     local_day = now.astimezone(zone).date()
+    period = None
     try:
         if today or (today_by_default and not chosen):
-            return day_period(local_day, zone, "today")
-        if yesterday:
-            return day_period(local_day - timedelta(days=1), zone, "yesterday")
-        if last is not None:
-            return last_period(last, zone, now)
-        if from_ is not None or to is not None:
-            return range_period(from_, to, zone, now)
-        if month is not None:
-            return month_period(month, zone, now)
+            period = day_period(local_day, zone, "today")
+        elif yesterday:
+            period = day_period(local_day - timedelta(days=1), zone, "yesterday")
+        elif last is not None:
+            period = last_period(last, zone, now)
+        elif from_ is not None or to is not None:
+            period = range_period(from_, to, zone, now)
+        elif month is not None:
+            period = month_period(month, zone, now)
+        if period is not None:  # the ledger is queried in UTC: both ends must exist there too
+            period.start.astimezone(UTC).timestamp(), period.end.astimezone(UTC).timestamp()
     except ValueError as e:
         raise PeriodChoiceError(str(e), chosen[0]) from None
-    return None
+    except OverflowError:
+        raise PeriodChoiceError(OUT_OF_RANGE, chosen[0]) from None
+    return period
+
+
+OUT_OF_RANGE = "out of range: dates must lie between 0001-01-02 and 9999-12-30"
