@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import connect
 from meterproxy.outbox.sender import IDLE_POLL, Attempt, _Http
 from meterproxy.outbox.settings import Forwarding
+from meterproxy.outbox.thread import DeliveryThread
 from meterproxy.times import iso_utc, parse_iso
 
 log = logging.getLogger("meterproxy")
@@ -54,10 +54,11 @@ def webhook_body(payload: str, format: str) -> tuple[bytes, dict[str, str]]:
     return json.dumps({"source": "meterproxy", **alert}).encode(), {}
 
 
-class AlertSender:
+class AlertSender(DeliveryThread):
     """Delivers the pending alerts of one home to its webhook, on its own thread."""
 
     def __init__(self, home: Home, settings: AlertSettings):
+        super().__init__("meterproxy-alerts")
         assert settings.webhook
         self.home = home
         self.settings = settings
@@ -66,22 +67,6 @@ class AlertSender:
         forward = ForwardSettings(endpoint=settings.webhook, format="flat", timeout=TIMEOUT)
         self._http = _Http(Forwarding(forward, enabled=True))
         self._base_headers = dict(self._http._headers)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="meterproxy-alerts", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self, _records: object = None) -> None:
-        """Look at the alerts now (an after-commit hook: never blocks)."""
-        self._wake.set()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         try:

@@ -25,7 +25,6 @@ import logging
 import os
 import random
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import connect
 from meterproxy.outbox.otel import EXTRA_HINT, Otlp
 from meterproxy.outbox.sender import _STALE_CONNECTION, KEPT_BODY, _describe, _retry_after
+from meterproxy.outbox.thread import DeliveryThread
 from meterproxy.times import iso_utc
 
 try:
@@ -72,34 +72,18 @@ class Answer:
         return "retry" if self.status is None or self.status in RETRYABLE else "rejected"
 
 
-class OtelSender:
+class OtelSender(DeliveryThread):
     """Delivers the queued spans and metrics of one home to the collector."""
 
     def __init__(self, home: Home, otlp: Otlp):
+        super().__init__("meterproxy-otel")
         self.home = home
         self.otlp = otlp
         self.settings = otlp.settings
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="meterproxy-otel", daemon=True)
         self._http = {signal: _Http(otlp, signal) for signal in otlp.urls}
         self._failures = dict.fromkeys(otlp.urls, 0)
         self._retry_at = dict.fromkeys(otlp.urls, 0.0)
         self._last_error: dict[str, str | None] = dict.fromkeys(otlp.urls)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self, _records: object = None) -> None:
-        """Look at the queue now (an after-commit hook: never blocks)."""
-        self._wake.set()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop between two POSTs; what is undelivered stays pending in the ledger."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
 
     def drain(self, retry_rejected: bool = False) -> dict[str, Any]:
         """Send everything pending now, in the caller's thread (``meterproxy otel --send``).

@@ -24,7 +24,6 @@ import math
 import os
 import random
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from meterproxy.ledger.db import connect
 from meterproxy.outbox.receipt import wire_body
 from meterproxy.outbox.settings import Forwarding
 from meterproxy.outbox.status import count_pending
+from meterproxy.outbox.thread import DeliveryThread
 from meterproxy.times import iso_utc, parse_iso
 
 try:
@@ -107,36 +107,20 @@ class DrainReport:
     failure: Attempt | None = None
 
 
-class Sender:
+class Sender(DeliveryThread):
     """Delivers the outbox of one home to LockN Logger."""
 
     def __init__(self, home: Home, forwarding: Forwarding):
+        super().__init__("meterproxy-forward")
         self.home = home
         self.forwarding = forwarding
         self.settings = forwarding.settings
         self._http = _Http(forwarding)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="meterproxy-forward", daemon=True)
         self.on_attempt: Callable[[str, int, Attempt | None], None] | None = None
         """Told (receipt id, try number, None) before each POST and (..., the answer) after it:
         ``meterproxy forward`` shows its progress with it."""
 
     # --- in the proxy: a thread ------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self, _records: object = None) -> None:
-        """Look at the outbox now (an after-commit hook: never blocks)."""
-        self._wake.set()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop between two POSTs; undelivered receipts stay pending in the ledger."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         try:
