@@ -155,10 +155,14 @@ def already_running(home: Home, pid: int | None) -> str:
 def write_state(path: Path, state: ProxyState) -> None:
     """Replace ``path`` with ``state`` at once (readers never see half a file), mode 0600."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(asdict(state), out)
-    os.replace(temporary, path)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(asdict(state), out)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 class StateKeeper:
@@ -169,6 +173,7 @@ class StateKeeper:
         self.path = state_path(home)
         self.base = {"pid": os.getpid(), "host": host, "port": port, "home": str(home.root), "started_at": time.time()}
         self.counters = counters
+        self._failing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meterproxy-state", daemon=True)
 
@@ -180,8 +185,12 @@ class StateKeeper:
     def write(self) -> None:
         try:
             write_state(self.path, ProxyState(**self.base, updated_at=time.time(), **self.counters()))
-        except Exception:
-            log.exception("cannot write %s", self.path)
+        except OSError as e:  # a full disk: said once, retried every REFRESH, never a traceback
+            if not self._failing:
+                log.warning("cannot write %s: %s (status sees this proxy again once it can)", self.path, e.strerror)
+            self._failing = True
+        else:
+            self._failing = False
 
     def _run(self) -> None:
         while not self._stop.wait(REFRESH):
