@@ -29,8 +29,9 @@ from meterproxy.wire.tap import Body, StreamKind, stream_kind
 
 log = logging.getLogger("meterproxy")
 
-BACKLOG_LIMIT = 64 * 1024 * 1024
-"""Bytes queued for the counter thread, all flows together, past which new drops are not queued."""
+BACKLOG_LIMIT = 16 * 1024 * 1024
+"""Bytes queued for the counter thread, all flows together, past which new drops are not queued
+(the proxy's memory for a stream faster than the counter stays within it)."""
 EVENT_LIMIT = 16 * 1024 * 1024
 """The longest event (one SSE event or NDJSON line) that is parsed; longer ones are sized only."""
 BATCH_BYTES = 256 * 1024
