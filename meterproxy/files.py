@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock; run one sender per home there.
+    fcntl = None  # type: ignore[assignment]
 
 PRIVATE_UMASK = 0o077
 DIR_MODE = 0o700
@@ -44,3 +51,24 @@ def make_tree_private(root: Path, depth: int = 2) -> None:
         return
     for child in root.iterdir():
         make_tree_private(child, depth - 1)
+
+
+@contextmanager
+def locked(path: Path, wait: bool = False) -> Iterator[bool]:
+    """Hold an exclusive lock on the file ``path`` (created 0600; released by the OS even on SIGKILL).
+
+    Yields False at once when another process holds it and ``wait`` is False.
+    """
+    if fcntl is None:
+        yield True
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

@@ -26,8 +26,6 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,16 +35,12 @@ from sqlite_utils import Database
 from meterproxy import __version__
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
+from meterproxy.files import locked
 from meterproxy.ledger.db import connect
 from meterproxy.outbox.otel import EXTRA_HINT, Otlp
 from meterproxy.outbox.sender import _STALE_CONNECTION, KEPT_BODY, _describe, _retry_after
 from meterproxy.outbox.thread import DeliveryThread
 from meterproxy.times import iso_utc
-
-try:
-    import fcntl
-except ImportError:  # Windows: no cross-process lock; run one proxy per home there.
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("meterproxy")
 
@@ -97,7 +91,7 @@ class OtelSender(DeliveryThread):
         db = connect(self.home.ledger)
         report: dict[str, Any] = {}
         try:
-            with _lock(self.home, wait=True):
+            with locked(self.home.root / "otel.lock", wait=True):
                 if retry_rejected:
                     db.execute("UPDATE otel_outbox SET state = 'pending' WHERE state = 'rejected'")
                 for signal in self.otlp.urls:
@@ -128,7 +122,7 @@ class OtelSender(DeliveryThread):
             while not self._stop.is_set():
                 self._wake.clear()
                 waits = [IDLE_POLL]
-                with _lock(self.home) as held:
+                with locked(self.home.root / "otel.lock") as held:
                     if not held:  # another proxy on this home is exporting
                         self._stop.wait(1.0)
                         continue
@@ -272,24 +266,6 @@ class _Http:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-@contextmanager
-def _lock(home: Home, wait: bool = False) -> Iterator[bool]:
-    """Hold the home's OpenTelemetry export lock (released by the OS even on SIGKILL)."""
-    if fcntl is None:
-        yield True
-        return
-    fd = os.open(home.root / "otel.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def _states(db: Database, signal: str) -> dict[str, int]:

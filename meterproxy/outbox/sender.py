@@ -21,12 +21,10 @@ import http.client
 import json
 import logging
 import math
-import os
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -37,17 +35,13 @@ from sqlite_utils import Database
 from meterproxy import __version__
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
+from meterproxy.files import locked
 from meterproxy.ledger.db import connect
 from meterproxy.outbox.receipt import wire_body
 from meterproxy.outbox.settings import Forwarding
 from meterproxy.outbox.status import count_pending
 from meterproxy.outbox.thread import DeliveryThread
 from meterproxy.times import iso_utc, parse_iso
-
-try:
-    import fcntl
-except ImportError:  # Windows: no cross-process lock; run one sender per home there.
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("meterproxy")
 
@@ -198,7 +192,7 @@ class Sender(DeliveryThread):
 
     def _round(self, db: Database, ignore_schedule: bool, wait: bool) -> Round | None:
         """Send one batch of due receipts; None when another process holds the outbox."""
-        with _outbox_lock(self.home, wait) as held:
+        with locked(self.home.root / "forward.lock", wait) as held:
             if not held:
                 return None
             due = "" if ignore_schedule else "AND next_attempt_at <= ?"
@@ -367,24 +361,6 @@ def _answer_id(text: str) -> str | None:
         return None
     value = answer.get("id") if isinstance(answer, dict) else None
     return str(value) if value is not None else None
-
-
-@contextmanager
-def _outbox_lock(home: Home, wait: bool) -> Iterator[bool]:
-    """Hold the home's outbox lock file (released by the OS even on SIGKILL)."""
-    if fcntl is None:
-        yield True
-        return
-    fd = os.open(home.root / "forward.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def _idle_wait(db: Database) -> float:
