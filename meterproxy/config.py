@@ -185,6 +185,41 @@ class ServeSettings(_Section):
     """Every request must carry it; required to listen on an address other than loopback."""
 
 
+class OtelSettings(_Section):
+    """``[otel]``: every call as OpenTelemetry GenAI spans and metrics, OTLP/HTTP protobuf to a collector.
+
+    The standard ``OTEL_*`` environment variables win (see :mod:`meterproxy.outbox.otel`). Export
+    is on when an endpoint is set here or there.
+    """
+
+    endpoint: str | None = None
+    """Base URL: ``/v1/traces`` and ``/v1/metrics`` are appended (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
+    traces_endpoint: str | None = None
+    """Full URL for spans, used as is (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)."""
+    metrics_endpoint: str | None = None
+    """Full URL for metrics, used as is (``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``)."""
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    """Headers of every export request, e.g. an API key (``OTEL_EXPORTER_OTLP_HEADERS``)."""
+    service_name: str = "meterproxy"
+    resource_attributes: dict[str, str] = Field(default_factory=dict)
+    traces: bool = True
+    metrics: bool = True
+    compression: Literal["none", "gzip"] = "gzip"
+    certificate: str | None = None
+    """A PEM file of CA certificates to trust for an https collector, besides the system's (``OTEL_EXPORTER_OTLP_CERTIFICATE``)."""
+    batch_size: int = Field(default=200, ge=1, le=5000)
+    """Calls per export request."""
+    include_local: bool = True
+    timeout: float = Field(default=10.0, gt=0, le=600)
+    retry_delay: float = Field(default=1.0, gt=0, le=600)
+    max_delay: float = Field(default=300.0, gt=0, le=86400)
+
+    @field_validator("endpoint", "traces_endpoint", "metrics_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return ForwardSettings._http_url(value)
+
+
 class Config(_Section):
     """The schema of ``config.toml``; unknown keys are errors, so typos never pass silently."""
 
@@ -197,7 +232,7 @@ class Config(_Section):
     logs: LogSettings = Field(default_factory=LogSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
-    otel: OtelSettings = Field(default_factory=lambda: OtelSettings())
+    otel: OtelSettings = Field(default_factory=OtelSettings)
     base_urls: dict[str, str] = Field(default_factory=dict)
     """``[base_urls]``: base-URL prefix -> ``http(s)://HOST[:PORT]`` of a metered host (adds or overrides)."""
 
@@ -279,40 +314,3 @@ class Home:
             message = first["msg"].removeprefix("Value error, ")
             raise MeterproxyError(f"{path}: {where}: {message}") from e
 
-
-class OtelSettings(_Section):
-    """``[otel]``: every call as OpenTelemetry GenAI spans and metrics, OTLP/HTTP protobuf to a collector.
-
-    The standard ``OTEL_*`` environment variables win (see :mod:`meterproxy.outbox.otel`). Export
-    is on when an endpoint is set here or there.
-    """
-
-    endpoint: str | None = None
-    """Base URL: ``/v1/traces`` and ``/v1/metrics`` are appended (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
-    traces_endpoint: str | None = None
-    """Full URL for spans, used as is (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)."""
-    metrics_endpoint: str | None = None
-    """Full URL for metrics, used as is (``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``)."""
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
-    """Headers of every export request, e.g. an API key (``OTEL_EXPORTER_OTLP_HEADERS``)."""
-    service_name: str = "meterproxy"
-    resource_attributes: dict[str, str] = Field(default_factory=dict)
-    traces: bool = True
-    metrics: bool = True
-    compression: Literal["none", "gzip"] = "gzip"
-    certificate: str | None = None
-    """A PEM file of CA certificates to trust for an https collector, besides the system's (``OTEL_EXPORTER_OTLP_CERTIFICATE``)."""
-    batch_size: int = Field(default=200, ge=1, le=5000)
-    """Calls per export request."""
-    include_local: bool = True
-    timeout: float = Field(default=10.0, gt=0, le=600)
-    retry_delay: float = Field(default=1.0, gt=0, le=600)
-    max_delay: float = Field(default=300.0, gt=0, le=86400)
-
-    @field_validator("endpoint", "traces_endpoint", "metrics_endpoint")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return ForwardSettings._http_url(value)
-
-
-Config.model_rebuild()

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from pydantic import ValidationError
 from sqlite_utils import Database
@@ -28,6 +28,7 @@ from sqlite_utils import Database
 from meterproxy.config import Config, OtelSettings
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import insert_rows
+from meterproxy.outbox.settings import printable_url
 from meterproxy.pricing.table import LOCAL_PROVIDERS
 from meterproxy.times import iso_utc, parse_iso
 
@@ -141,13 +142,7 @@ class Otlp:
 
     def where(self, signal: str) -> str:
         """A signal's URL fit to print: no user info, no query string."""
-        parts = urlsplit(self.urls[signal])
-        netloc = parts.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        return printable_url(self.urls[signal])
 
     def describe(self) -> str:
         """One line for ``meterproxy start``."""

@@ -64,14 +64,7 @@ class Forwarding:
         return self.settings.api_key.get_secret_value() if self.settings.api_key else None
 
     def where(self) -> str:
-        """The endpoint fit to print: no user info, no query string."""
-        parts = urlsplit(self.endpoint)
-        netloc = parts.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        return printable_url(self.endpoint)
 
     def describe(self) -> str:
         """One line for ``meterproxy start``."""
@@ -93,3 +86,14 @@ class Forwarding:
         """``text`` without the API key (a Logger may echo it in an error)."""
         key = self.api_key
         return text.replace(key, "[REDACTED]") if key else text
+
+
+def printable_url(url: str) -> str:
+    """``url`` fit to print: no user info, no query string."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
