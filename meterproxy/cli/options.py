@@ -135,11 +135,6 @@ def ledger(home: Home):
     return connect(home.ensure().ledger)
 
 
-def reader(home: Home) -> Reader:
-    """The ledger, to read."""
-    return read(home.ensure().ledger)
-
-
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))

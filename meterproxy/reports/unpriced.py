@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from meterproxy.ledger.db import Reader
 from meterproxy.pricing.table import LOCAL_PROVIDERS, PriceTable
 
 
-def unpriced_models(db: Any, table: PriceTable) -> list[tuple[str, str, int, str, str]]:
+def unpriced_models(db: Reader, table: PriceTable) -> list[tuple[str, str, int, str, str]]:
     """Models seen in the ledger that ``table`` has no price for (local providers are free):
     (provider, model, calls, first call, last call), most calls first."""
     cursor = db.execute(
