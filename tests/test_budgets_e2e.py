@@ -175,7 +175,10 @@ def test_a_restart_keeps_the_days_spend(home, upstream, start_proxy, client_env)
     with pytest.raises(openai.RateLimitError):
         openai_call(client)  # $0.0039 spent: over
     assert len(upstream.received) == 2
-    (state,) = budgets_of(proxy)
+    # The live view is rewritten every 0.25 s: wait for the one after the second call settled.
+    deadline = time.monotonic() + 5
+    while (state := budgets_of(proxy)[0])["spent"] < 2 * OPENAI_COST * 0.999 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert state["spent"] == pytest.approx(2 * OPENAI_COST) and state["status"] == "over"
 
 
