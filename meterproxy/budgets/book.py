@@ -24,17 +24,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlite_utils import Database
-
 from meterproxy.budgets.estimate import read_head
 from meterproxy.budgets.rules import ALL, LIFE, Clock, Rule, Scope, Windows, rules_from, zone_of
 from meterproxy.config import Budgets
-from meterproxy.ledger.db import connect, insert_rows
+from meterproxy.ledger.db import Reader, insert_rows, read
 from meterproxy.money import usd_float
 from meterproxy.pricing.table import FREE, PriceTable
 from meterproxy.times import iso_utc
 
 if TYPE_CHECKING:
+    from sqlite_utils import Database
+
     from meterproxy.meter.record import Record
 
 log = logging.getLogger("meterproxy")
@@ -320,13 +320,13 @@ class BudgetBook:
 
     def load(self, ledger: Path) -> None:
         """:meth:`seed` from the ledger file (created and migrated if needed)."""
-        db = connect(ledger)
+        db = read(ledger)
         try:
             self.seed(db)
         finally:
             db.close()
 
-    def seed(self, db: Database) -> None:
+    def seed(self, db: Reader) -> None:
         """Load the spend of the current windows, and the alerts already raised, from the ledger."""
         windows = self.clock.windows()
         skew = self.clock.skew

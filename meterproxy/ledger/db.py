@@ -28,6 +28,8 @@ class Reader(Protocol):
 
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> sqlite3.Cursor: ...
 
+    def close(self) -> None: ...
+
 
 class _Migrations:
     """The schema's migrations in order, kept as plain functions so that reading the ledger (see
