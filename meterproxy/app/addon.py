@@ -314,12 +314,8 @@ class MeterAddon:
             return
         self._finish(state)
         message = flow.error.msg if flow.error else "unknown error"
-        abort = _abort_side(flow, message)
-        if not (abort == "client" and state.tap is not None and state.tap.ended):
-            # (Else every byte of the response had been passed on and the client hung up before the
-            # transfer's end marker, as SDKs do at a stream's [DONE]: a finished call.)
-            state.exchange.error = message
-            state.exchange.abort = abort
+        state.exchange.error = message
+        state.exchange.abort = _abort_side(flow, message)
         self._submit(state)
 
     # --- helpers -------------------------------------------------------------------------

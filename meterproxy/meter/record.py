@@ -277,7 +277,7 @@ def _joined(*notes: str | None) -> str | None:
 
 
 def _outcome(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) -> str:
-    if ex.abort == "client":
+    if ex.abort == "client" and not _answered(ex, parsed, request):
         return "client_aborted"
     if ex.abort == "upstream":
         return "upstream_aborted"
@@ -291,6 +291,15 @@ def _outcome(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) 
         if not parsed.complete:
             return "upstream_aborted"
     return "ok"
+
+
+def _answered(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) -> bool:
+    """The whole answer reached a client that then hung up: a stream's terminal event was seen (SDKs
+    close at ``[DONE]``, before the transfer's end), or a whole JSON body with its usage."""
+    if parsed is None or not parsed.complete or parsed.error:
+        return False
+    streamed = request.stream or stream_kind(ex.response_headers.get("content-type", "")) is not None
+    return streamed or parsed.usage is not None
 
 
 def _request_body(ex: Exchange) -> bytes:
