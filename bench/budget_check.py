@@ -51,7 +51,7 @@ def body(size: int) -> bytes:
 
 
 def run(calls: int, size: int, ledger: Path, settling: bool) -> dict[str, float]:
-    config = Config.model_validate(tomllib.loads(CONFIG))
+    config = Config.load(tomllib.loads(CONFIG))
     book = BudgetBook.build(config.budgets, PriceTable.load())
     assert book is not None
     request = body(size)

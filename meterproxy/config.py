@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-
 from meterproxy.errors import MeterproxyError
 from meterproxy.files import make_tree_private
+from meterproxy.schema import SchemaError, SecretStr, Section, rule
 
 DEFAULT_HOME = "~/.meterproxy"
 
@@ -37,88 +27,99 @@ STORE_POLICIES: tuple[str, ...] = get_args(StorePolicy)
 DEFAULT_PREVIEW_CHARS = 500
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _http_url(value: str | None) -> str | None:
+    """An http(s) URL with a host (an empty one means none)."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    parts.port  # noqa: B018 -- raises ValueError on a bad port
+    return value
 
 
-class ProxySettings(_Section):
+def _zone(value: str | None) -> str | None:
+    """An IANA time zone name (or UTC)."""
+    if value is not None and value.upper() != "UTC":
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)") from None
+    return value
+
+
+@dataclass(kw_only=True)
+class ProxySettings(Section):
     host: str = "127.0.0.1"
-    port: int = Field(default=8788, ge=0, le=65535)
+    port: int = rule(8788, ge=0, le=65535)
     upstream_ca: str | None = None
-    auth: dict[str, SecretStr] = Field(default_factory=dict)
+    auth: dict[str, SecretStr] = field(default_factory=dict)
     """``[proxy.auth]``: agent name -> proxy password, required from clients of other machines."""
 
 
-class StorageSettings(_Section):
+@dataclass(kw_only=True)
+class StorageSettings(Section):
     store: StorePolicy = "preview"
     """What of each call's content is kept (``meterproxy start --store`` overrides it)."""
-    preview_chars: int = Field(default=DEFAULT_PREVIEW_CHARS, ge=1, le=1_000_000)
+    preview_chars: int = rule(DEFAULT_PREVIEW_CHARS, ge=1, le=1_000_000)
 
 
-class RedactSettings(_Section):
-    patterns: dict[str, str] = Field(default_factory=dict)
+@dataclass(kw_only=True)
+class RedactSettings(Section):
+    patterns: dict[str, str] = field(default_factory=dict)
     """Extra findings: name -> regex; each match becomes ``[REDACTED:name]``."""
-    allow: list[str] = Field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
     """Regexes of findings to keep (matched against the whole finding)."""
 
-    @model_validator(mode="after")
-    def _compiles(self) -> RedactSettings:
+    def validate(self) -> None:
         if self.patterns or self.allow:
             from meterproxy.redact.engine import Redactor  # its rule set is costly to load: only when needed
 
             Redactor(self.patterns, self.allow)  # raises ValueError naming a bad pattern
-        return self
 
 
-def _also(name: str) -> AliasChoices:
+def _also(name: str) -> tuple[str, ...]:
     """A ``[forward]`` key may also be spelled like its environment variable."""
-    return AliasChoices(name, f"LOCKN_LOGGER_{name.upper()}", f"lockn_logger_{name}")
+    return (f"LOCKN_LOGGER_{name.upper()}", f"lockn_logger_{name}")
 
 
-class ForwardSettings(_Section):
+@dataclass(kw_only=True)
+class ForwardSettings(Section):
     """``[forward]``: receipts to LockN Logger (``LOCKN_LOGGER_*`` environment variables win)."""
 
-    endpoint: str | None = Field(default=None, validation_alias=_also("endpoint"))
+    endpoint: str | None = rule(None, aliases=_also("endpoint"), check=_http_url)
     """Forwarding is on when this is set (or ``meterproxy start --forward``)."""
-    api_key: SecretStr | None = Field(default=None, validation_alias=_also("api_key"))
-    batch_size: int = Field(default=10, ge=1, le=1000, validation_alias=_also("batch_size"))
-    include_local: bool = Field(default=True, validation_alias=_also("include_local"))
-    format: Literal["envelope", "flat"] = Field(default="envelope", validation_alias=_also("format"))
-    timeout: float = Field(default=10.0, gt=0, le=600)
+    api_key: SecretStr | None = rule(None, aliases=_also("api_key"))
+    batch_size: int = rule(10, ge=1, le=1000, aliases=_also("batch_size"))
+    include_local: bool = rule(True, aliases=_also("include_local"))
+    format: Literal["envelope", "flat"] = rule("envelope", aliases=_also("format"))
+    timeout: float = rule(10.0, gt=0, le=600)
     """Seconds one POST may take."""
-    retry_delay: float = Field(default=1.0, gt=0, le=600)
+    retry_delay: float = rule(1.0, gt=0, le=600)
     """First retry delay in seconds; it doubles with each failure (with jitter)."""
-    max_delay: float = Field(default=300.0, gt=0, le=86400)
+    max_delay: float = rule(300.0, gt=0, le=86400)
     """The longest wait between delivery rounds while the Logger is failing."""
 
-    @field_validator("endpoint")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-        return value
 
-
-class BudgetLimits(_Section):
+@dataclass(kw_only=True)
+class BudgetLimits(Section):
     """Limits of one scope: USD or tokens, per day and per month (days and months in ``[budgets] tz``)."""
 
-    daily_usd: float | None = Field(default=None, gt=0)
-    monthly_usd: float | None = Field(default=None, gt=0)
-    daily_tokens: int | None = Field(default=None, gt=0)
-    monthly_tokens: int | None = Field(default=None, gt=0)
+    daily_usd: float | None = rule(None, gt=0)
+    monthly_usd: float | None = rule(None, gt=0)
+    daily_tokens: int | None = rule(None, gt=0)
+    monthly_tokens: int | None = rule(None, gt=0)
 
 
-class SessionLimits(_Section):
+@dataclass(kw_only=True)
+class SessionLimits(Section):
     """``[budgets.each_session]``: what one ``X-Meterproxy-Session`` may spend over its whole life."""
 
-    usd: float | None = Field(default=None, gt=0)
-    tokens: int | None = Field(default=None, gt=0)
+    usd: float | None = rule(None, gt=0)
+    tokens: int | None = rule(None, gt=0)
 
 
+@dataclass(kw_only=True)
 class Budgets(BudgetLimits):
     """Spend limits (all calls, each agent, each session); see docs/budgets.md.
 
@@ -127,113 +128,92 @@ class Budgets(BudgetLimits):
     that could take a budget past its limit (:mod:`meterproxy.budgets`).
     """
 
-    warn_at: float = Field(default=0.8, gt=0, le=1)
+    warn_at: float = rule(0.8, gt=0, le=1)
     enforce: bool = False
     """False: warn only; true: block calls once a limit is reached."""
-    unpriced_usd_per_mtok: float = Field(default=30.0, gt=0)
+    unpriced_usd_per_mtok: float = rule(30.0, gt=0)
     """What a model without a price is reserved and counted at, per million tokens (never free)."""
-    default_max_output_tokens: int = Field(default=4096, gt=0, le=10_000_000)
+    default_max_output_tokens: int = rule(4096, gt=0, le=10_000_000)
     """The output a request that sets no max tokens is reserved for."""
-    tz: str | None = None
+    tz: str | None = rule(None, check=_zone)
     """The time zone of days and months (an IANA name); default: the machine's local zone."""
-    agents: dict[str, BudgetLimits] = Field(default_factory=dict)
+    agents: dict[str, BudgetLimits] = field(default_factory=dict)
     """``[budgets.agents.NAME]``: one agent's own limits."""
-    each_agent: BudgetLimits = Field(default_factory=BudgetLimits)
+    each_agent: BudgetLimits = field(default_factory=BudgetLimits)
     """Limits of every agent without its own entry."""
-    each_session: SessionLimits = Field(default_factory=SessionLimits)
-
-    @field_validator("tz")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        if value is not None and value.upper() != "UTC":
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)") from None
-        return value
+    each_session: SessionLimits = field(default_factory=SessionLimits)
 
 
-class AlertSettings(_Section):
+@dataclass(kw_only=True)
+class AlertSettings(Section):
     """``[alerts]``: where budget alerts are POSTed, and in which format."""
 
-    webhook: str | None = None
+    webhook: str | None = rule(None, check=_http_url)
     format: Literal["json", "slack", "ntfy"] = "json"
 
-    @field_validator("webhook")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-        return value
 
-
-class LogSettings(_Section):
+@dataclass(kw_only=True)
+class LogSettings(Section):
     jsonl: bool = True
     """Mirror every call to ``logs/YYYY-MM-DD.jsonl``."""
 
 
-class ServeSettings(_Section):
+@dataclass(kw_only=True)
+class ServeSettings(Section):
     """``[serve]``: ``meterproxy serve`` (its options win)."""
 
     host: str = "127.0.0.1"
-    port: int = Field(default=8789, ge=0, le=65535)
+    port: int = rule(8789, ge=0, le=65535)
     token: SecretStr | None = None
     """Every request must carry it; required to listen on an address other than loopback."""
 
 
-class OtelSettings(_Section):
+@dataclass(kw_only=True)
+class OtelSettings(Section):
     """``[otel]``: every call as OpenTelemetry GenAI spans and metrics, OTLP/HTTP protobuf to a collector.
 
     The standard ``OTEL_*`` environment variables win (see :mod:`meterproxy.outbox.otel`). Export
     is on when an endpoint is set here or there.
     """
 
-    endpoint: str | None = None
+    endpoint: str | None = rule(None, check=_http_url)
     """Base URL: ``/v1/traces`` and ``/v1/metrics`` are appended (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
-    traces_endpoint: str | None = None
+    traces_endpoint: str | None = rule(None, check=_http_url)
     """Full URL for spans, used as is (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)."""
-    metrics_endpoint: str | None = None
+    metrics_endpoint: str | None = rule(None, check=_http_url)
     """Full URL for metrics, used as is (``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``)."""
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    headers: dict[str, SecretStr] = field(default_factory=dict)
     """Headers of every export request, e.g. an API key (``OTEL_EXPORTER_OTLP_HEADERS``)."""
     service_name: str = "meterproxy"
-    resource_attributes: dict[str, str] = Field(default_factory=dict)
+    resource_attributes: dict[str, str] = field(default_factory=dict)
     traces: bool = True
     metrics: bool = True
     compression: Literal["none", "gzip"] = "gzip"
     certificate: str | None = None
     """A PEM file of CA certificates to trust for an https collector, besides the system's (``OTEL_EXPORTER_OTLP_CERTIFICATE``)."""
-    batch_size: int = Field(default=200, ge=1, le=5000)
+    batch_size: int = rule(200, ge=1, le=5000)
     """Calls per export request."""
     include_local: bool = True
-    timeout: float = Field(default=10.0, gt=0, le=600)
-    retry_delay: float = Field(default=1.0, gt=0, le=600)
-    max_delay: float = Field(default=300.0, gt=0, le=86400)
-
-    @field_validator("endpoint", "traces_endpoint", "metrics_endpoint")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return ForwardSettings._http_url(value)
+    timeout: float = rule(10.0, gt=0, le=600)
+    retry_delay: float = rule(1.0, gt=0, le=600)
+    max_delay: float = rule(300.0, gt=0, le=86400)
 
 
-class Config(_Section):
+@dataclass(kw_only=True)
+class Config(Section):
     """The schema of ``config.toml``; unknown keys are errors, so typos never pass silently."""
 
-    routes: dict[str, str] = Field(default_factory=dict)
-    proxy: ProxySettings = Field(default_factory=ProxySettings)
-    storage: StorageSettings = Field(default_factory=StorageSettings)
-    redact: RedactSettings = Field(default_factory=RedactSettings)
-    forward: ForwardSettings = Field(default_factory=ForwardSettings)
-    budgets: Budgets = Field(default_factory=Budgets)
-    logs: LogSettings = Field(default_factory=LogSettings)
-    alerts: AlertSettings = Field(default_factory=AlertSettings)
-    serve: ServeSettings = Field(default_factory=ServeSettings)
-    otel: OtelSettings = Field(default_factory=OtelSettings)
-    base_urls: dict[str, str] = Field(default_factory=dict)
+    routes: dict[str, str] = field(default_factory=dict)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    redact: RedactSettings = field(default_factory=RedactSettings)
+    forward: ForwardSettings = field(default_factory=ForwardSettings)
+    budgets: Budgets = field(default_factory=Budgets)
+    logs: LogSettings = field(default_factory=LogSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
+    otel: OtelSettings = field(default_factory=OtelSettings)
+    base_urls: dict[str, str] = field(default_factory=dict)
     """``[base_urls]``: base-URL prefix -> ``http(s)://HOST[:PORT]`` of a metered host (adds or overrides)."""
 
 
@@ -307,10 +287,7 @@ class Home:
         except tomllib.TOMLDecodeError as e:
             raise MeterproxyError(f"{path}: {e}") from e
         try:
-            return Config.model_validate(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            message = first["msg"].removeprefix("Value error, ")
-            raise MeterproxyError(f"{path}: {where}: {message}") from e
+            return Config.load(data)
+        except SchemaError as e:
+            raise MeterproxyError(f"{path}: {e}") from e
 

@@ -38,7 +38,7 @@ def meterproxy(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def book_of(toml: str, deliver: bool = False) -> BudgetBook:
     import tomllib
 
-    book = BudgetBook.build(Config.model_validate(tomllib.loads(toml)).budgets, PRICES, deliver)
+    book = BudgetBook.build(Config.load(tomllib.loads(toml)).budgets, PRICES, deliver)
     assert book is not None
     return book
 

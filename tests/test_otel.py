@@ -91,7 +91,7 @@ def exemplar_span_ids(collector: FakeCollector, name: str) -> list[bytes]:
 
 
 def test_standard_variables_configure_export_and_override_config_toml() -> None:
-    config = Config.model_validate({"otel": {
+    config = Config.load({"otel": {
         "endpoint": "http://collector.example:4318", "service_name": "from-config",
         "resource_attributes": {"team": "a", "region": "eu"},
     }})

@@ -17,12 +17,11 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from pydantic import ValidationError
 from sqlite_utils import Database
 
 from meterproxy.config import Config, OtelSettings
@@ -30,6 +29,7 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import insert_rows
 from meterproxy.outbox.settings import printable_url
 from meterproxy.pricing.table import LOCAL_PROVIDERS
+from meterproxy.schema import SchemaError
 from meterproxy.times import iso_utc, parse_iso
 
 if TYPE_CHECKING:  # `meterproxy otel` needs no meter
@@ -110,13 +110,12 @@ class Otlp:
                 given["timeout"] = float(given["timeout"]) / 1000
             if (protocol := env.get("OTEL_EXPORTER_OTLP_PROTOCOL")) and protocol != "http/protobuf":
                 raise MeterproxyError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported: use http/protobuf")
-            overlay = OtelSettings.model_validate(given)
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise MeterproxyError(f"{ENV[str(first['loc'][0])]}: {first['msg'].removeprefix('Value error, ')}") from None
+            overlay = OtelSettings.load(given)
+        except SchemaError as e:
+            raise MeterproxyError(f"{ENV[str(e.loc[0])]}: {e.message}") from None
         except ValueError:
             raise MeterproxyError(f"{ENV['timeout']}: must be a number of milliseconds") from None
-        settings = config.otel.model_copy(update={name: getattr(overlay, name) for name in given})
+        settings = replace(config.otel, **{name: getattr(overlay, name) for name in given})
         if settings.certificate and not Path(settings.certificate).expanduser().is_file():
             where = ENV["certificate"] if "certificate" in given else "[otel] certificate"
             raise MeterproxyError(f"{where}: no such file: {settings.certificate}")

@@ -9,13 +9,12 @@ The API key goes in headers only: never into the ledger, a log line or an error 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit, urlunsplit
-
-from pydantic import ValidationError
 
 from meterproxy.config import Config, ForwardSettings
 from meterproxy.errors import MeterproxyError
+from meterproxy.schema import SchemaError
 
 DEFAULT_ENDPOINT = "http://localhost:8080/api/receipts"
 ENV_NAMES = {
@@ -47,11 +46,10 @@ class Forwarding:
         """
         given = {name: env[var] for name, var in ENV_NAMES.items() if env.get(var)}
         try:
-            overlay = ForwardSettings.model_validate(given)
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise MeterproxyError(f"{ENV_NAMES[str(first['loc'][0])]}: {first['msg']}") from None
-        settings = config.forward.model_copy(update={name: getattr(overlay, name) for name in given})
+            overlay = ForwardSettings.load(given)
+        except SchemaError as e:
+            raise MeterproxyError(f"{ENV_NAMES[str(e.loc[0])]}: {e.message}") from None
+        settings = replace(config.forward, **{name: getattr(overlay, name) for name in given})
         enabled = force or settings.endpoint is not None
         return cls(settings, enabled, previews=previews and store_policy == "full")
 
