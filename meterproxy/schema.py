@@ -15,11 +15,14 @@ models cost more than the commands' own work.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal, Self
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 Loc = tuple[str | int, ...]
 
@@ -29,20 +32,27 @@ _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 
 class SchemaError(ValueError):
-    """A value that does not fit the schema: where it is (keys and list indexes) and what is wrong."""
+    """Values that do not fit the schema: each problem is where it is (keys and list indexes) and
+    what is wrong; ``loc``, ``message`` and the text are the first problem's."""
 
-    def __init__(self, loc: Loc, message: str):
+    def __init__(self, loc: Loc, message: str, *more: tuple[Loc, str]):
+        self.problems: list[tuple[Loc, str]] = [(loc, message), *more]
         self.loc = loc
         self.message = message
-        super().__init__(f"{self.where}: {message}")
+        super().__init__(f"{where(loc)}: {message}")
 
-    @property
-    def where(self) -> str:
-        return ".".join(str(part) for part in self.loc) or "(top level)"
+    @classmethod
+    def of(cls, problems: list[tuple[Loc, str]]) -> SchemaError:
+        return cls(*problems[0], *problems[1:])
 
     def under(self, *prefix: str | int) -> SchemaError:
-        """The same problem seen from an enclosing table."""
-        return SchemaError((*prefix, *self.loc), self.message)
+        """The same problems seen from an enclosing table."""
+        return SchemaError.of([((*prefix, *loc), message) for loc, message in self.problems])
+
+
+def where(loc: Loc) -> str:
+    """A problem's place as dotted keys."""
+    return ".".join(str(part) for part in loc) or "(top level)"
 
 
 class SecretStr:
@@ -72,15 +82,51 @@ class SecretStr:
         return hash(self._value)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bounds:
+    """Constraints on a converted value, checked in this order; also usable as ``Annotated[T, Bounds(...)]``."""
+
+    finite: bool = False
+    le: Any = None
+    ge: Any = None
+    gt: Any = None
+    min_length: int | None = None
+    pattern: str | None = None
+
+    def check(self, value: Any, loc: Loc) -> Any:
+        if value is None:
+            return value
+        if self.finite and not (value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)):
+            raise SchemaError(loc, "Input should be a finite number")
+        if self.le is not None and not value <= self.le:
+            raise SchemaError(loc, f"Input should be less than or equal to {self.le}")
+        if self.ge is not None and not value >= self.ge:
+            raise SchemaError(loc, f"Input should be greater than or equal to {self.ge}")
+        if self.gt is not None and not value > self.gt:
+            raise SchemaError(loc, f"Input should be greater than {self.gt}")
+        if self.min_length is not None and len(value) < self.min_length:
+            n = self.min_length
+            if isinstance(value, str):
+                raise SchemaError(loc, f"String should have at least {n} character{'s' * (n != 1)}")
+            items = f"{n} item{'s' * (n != 1)}"
+            raise SchemaError(loc, f"List should have at least {items} after validation, not {len(value)}")
+        if self.pattern is not None and not re.search(self.pattern, value):
+            raise SchemaError(loc, f"String should match pattern '{self.pattern}'")
+        return value
+
+
 def rule(
     default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | Any = dataclasses.MISSING,
-    ge: float | None = None, gt: float | None = None, le: float | None = None,
-    aliases: tuple[str, ...] = (), check: Callable[[Any], Any] | None = None,
+    aliases: tuple[str, ...] = (), check: Callable[[Any], Any] | None = None, **bounds: Any,
 ) -> Any:
-    """A field with bounds (``ge``, ``gt``, ``le``), other keys it may be given under (``aliases``,
+    """A field with :class:`Bounds` (``ge=0``...), other keys it may be given under (``aliases``,
     after its own name) and a ``check`` run on the converted value (a ValueError is its message)."""
-    metadata = {"ge": ge, "gt": gt, "le": le, "aliases": aliases, "check": check}
+    metadata = {"bounds": Bounds(**bounds) if bounds else None, "aliases": aliases, "check": check}
     return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
+
+
+_REQUIRED: Any = object()
+"""What :meth:`Section.load` passes for a required key the table lacks."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,10 +134,9 @@ class _Field:
     name: str
     type: Any
     keys: tuple[str, ...]
-    ge: float | None
-    gt: float | None
-    le: float | None
+    bounds: Bounds | None
     check: Callable[[Any], Any] | None
+    required: bool
 
 
 class Section:
@@ -100,15 +145,29 @@ class Section:
     _plans: ClassVar[dict[type, tuple[_Field, ...]]] = {}
 
     def __post_init__(self) -> None:
+        problems: list[tuple[Loc, str]] = []
         for spec in _plan(type(self)):
-            value = _convert(spec.type, getattr(self, spec.name), (spec.name,))
-            value = _bounded(spec, value)
-            if spec.check is not None:
-                try:
-                    value = spec.check(value)
-                except ValueError as e:
-                    raise SchemaError((spec.name,), str(e)) from None
+            value = getattr(self, spec.name)
+            if value is _REQUIRED:
+                problems.append(((spec.name,), "Field required"))
+                continue
+            try:
+                value = _convert(spec.type, value, (spec.name,))
+                if spec.bounds is not None:
+                    value = spec.bounds.check(value, (spec.name,))
+                if spec.check is not None:
+                    try:
+                        value = spec.check(value)
+                    except SchemaError:
+                        raise
+                    except ValueError as e:
+                        raise SchemaError((spec.name,), str(e)) from None
+            except SchemaError as e:
+                problems += e.problems
+                continue
             object.__setattr__(self, spec.name, value)
+        if problems:
+            raise SchemaError.of(problems)
         try:
             self.validate()
         except SchemaError:
@@ -134,54 +193,75 @@ class Section:
                     values[spec.name] = data[key]
                     used[spec.name] = key
                     break
-        extra = next((key for key in data if key not in used.values()), None)
+            else:
+                if spec.required:
+                    values[spec.name] = _REQUIRED
+        extras: list[tuple[Loc, str]] = [((key,), "Extra inputs are not permitted")
+                                         for key in data if key not in used.values()]
         try:
             section = cls(**values)
         except SchemaError as e:
-            if e.loc and e.loc[0] in used:
-                raise SchemaError((used[str(e.loc[0])], *e.loc[1:]), e.message) from None
-            if e.loc or extra is None:
-                raise
-            # The table's own checks (loc ()) come after its keys: an unknown key is named first.
-        if extra is not None:
-            raise SchemaError((extra,), "Extra inputs are not permitted")
+            if all(not loc for loc, _ in e.problems) and extras:  # the table's own checks come after its keys
+                raise SchemaError.of(extras) from None
+            raise SchemaError.of([
+                ((used.get(str(loc[0]), loc[0]), *loc[1:]) if loc else loc, message) for loc, message in e.problems
+            ] + extras) from None
+        if extras:
+            raise SchemaError.of(extras)
         return section
+
+    def dump(self) -> dict[str, Any]:
+        """The fields that are set: neither None nor their default (nested sections alike)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if value is not None and value != default:
+                out[f.name] = _dumped(value)
+        return out
+
+
+def _dumped(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.dump()
+    if isinstance(value, dict):
+        return {k: _dumped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_dumped(v) for v in value]
+    return value
 
 
 def _plan(cls: type) -> tuple[_Field, ...]:
     """The fields of a section with their resolved types (worked out once per class)."""
     plan = Section._plans.get(cls)
     if plan is None:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         plan = tuple(
-            _Field(f.name, hints[f.name], (f.name, *f.metadata.get("aliases", ())), f.metadata.get("ge"),
-                   f.metadata.get("gt"), f.metadata.get("le"), f.metadata.get("check"))
+            _Field(f.name, hints[f.name], (f.name, *f.metadata.get("aliases", ())), f.metadata.get("bounds"),
+                   f.metadata.get("check"),
+                   f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
             for f in dataclasses.fields(cls)
         )
         Section._plans[cls] = plan
     return plan
 
 
-def _bounded(spec: _Field, value: Any) -> Any:
-    if value is None:
-        return value
-    if spec.le is not None and not value <= spec.le:
-        raise SchemaError((spec.name,), f"Input should be less than or equal to {spec.le}")
-    if spec.ge is not None and not value >= spec.ge:
-        raise SchemaError((spec.name,), f"Input should be greater than or equal to {spec.ge}")
-    if spec.gt is not None and not value > spec.gt:
-        raise SchemaError((spec.name,), f"Input should be greater than {spec.gt}")
-    return value
-
-
 def _convert(kind: Any, value: Any, loc: Loc) -> Any:
     """``value`` as a ``kind`` (a type hint), or a :class:`SchemaError` at ``loc``."""
     origin = typing.get_origin(kind)
+    if origin is Annotated:
+        value = _convert(kind.__origin__, value, loc)
+        for bounds in kind.__metadata__:
+            value = bounds.check(value, loc)
+        return value
     if origin is types.UnionType or origin is typing.Union:
         args = typing.get_args(kind)
         if value is None and type(None) in args:
             return None
-        (kind,) = [arg for arg in args if arg is not type(None)]
+        args = tuple(arg for arg in args if arg is not type(None))
+        if args == (date, datetime):
+            return _to_date_or_datetime(value, loc)
+        (kind,) = args
         return _convert(kind, value, loc)
     if origin is Literal:
         choices = typing.get_args(kind)
@@ -193,12 +273,13 @@ def _convert(kind: Any, value: Any, loc: Loc) -> Any:
         if not isinstance(value, Mapping):
             raise SchemaError(loc, "Input should be a valid dictionary")
         key_kind, value_kind = typing.get_args(kind)
-        return {_convert(key_kind, k, (*loc, k)): _convert(value_kind, v, (*loc, k)) for k, v in value.items()}
+        return _each({k: v for k, v in value.items()}, lambda k, v: (_convert(key_kind, k, (*loc, k)),
+                                                                      _convert(value_kind, v, (*loc, k))))
     if origin is list:
         if not isinstance(value, list | tuple | set | frozenset):
             raise SchemaError(loc, "Input should be a valid list")
         (item_kind,) = typing.get_args(kind)
-        return [_convert(item_kind, item, (*loc, i)) for i, item in enumerate(value)]
+        return list(_each(dict(enumerate(value)), lambda i, v: (i, _convert(item_kind, v, (*loc, i)))).values())
     if isinstance(kind, type) and issubclass(kind, Section):
         try:
             return kind.load(value)
@@ -208,6 +289,22 @@ def _convert(kind: Any, value: Any, loc: Loc) -> Any:
     if converter is None:
         raise TypeError(f"no conversion to {kind!r}")
     return converter(value, loc)
+
+
+def _each(items: dict[Any, Any], convert: Callable[[Any, Any], tuple[Any, Any]]) -> dict[Any, Any]:
+    """Every item converted; the problems of all of them, not only of the first bad one."""
+    out: dict[Any, Any] = {}
+    problems: list[tuple[Loc, str]] = []
+    for key, value in items.items():
+        try:
+            new_key, new_value = convert(key, value)
+        except SchemaError as e:
+            problems += e.problems
+            continue
+        out[new_key] = new_value
+    if problems:
+        raise SchemaError.of(problems)
+    return out
 
 
 def _to_str(value: Any, loc: Loc) -> str:
@@ -265,6 +362,38 @@ def _to_bool(value: Any, loc: Loc) -> bool:
     raise SchemaError(loc, "Input should be a valid boolean")
 
 
+def _to_decimal(value: Any, loc: Loc) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SchemaError(loc, "Decimal input should be an integer, float, string or Decimal object")
+    try:
+        return Decimal(value if isinstance(value, int) else str(value).strip())
+    except InvalidOperation:
+        raise SchemaError(loc, "Input should be a valid decimal") from None
+
+
+def _to_date_or_datetime(value: Any, loc: Loc) -> date | datetime:
+    """A date (also a date-time at midnight without zone, as text) or a date-time (an int: Unix seconds)."""
+    if isinstance(value, date):
+        return value
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        try:
+            moment = datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, ValueError, OSError):
+            pass
+        else:
+            return moment.date() if moment.time() == time() else moment
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return moment.date() if moment.time() == time() and moment.tzinfo is None else moment
+    raise SchemaError(loc, "Input should be a valid date or datetime")
+
+
 _SCALARS: dict[Any, Callable[[Any, Loc], Any]] = {
-    str: _to_str, SecretStr: _to_secret, int: _to_int, float: _to_float, bool: _to_bool,
+    str: _to_str, SecretStr: _to_secret, int: _to_int, float: _to_float, bool: _to_bool, Decimal: _to_decimal,
 }

@@ -53,25 +53,22 @@ import functools
 import re
 import tomllib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from meterproxy.errors import MeterproxyError
+from meterproxy.schema import Bounds, SchemaError, Section, rule
 
-Rate = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+Rate = Annotated[Decimal, Bounds(finite=True, ge=0)]
 LOCAL_PROVIDERS = frozenset({"ollama", "lmstudio", "llamacpp", "vllm", "local"})
 """Providers whose calls cost nothing."""
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RatesSpec(_Strict):
+@dataclass(frozen=True, kw_only=True)
+class RatesSpec(Section):
     input: Rate
     output: Rate
     cache_read: Rate | None = None
@@ -80,45 +77,50 @@ class RatesSpec(_Strict):
     reasoning: Rate | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
 class TierSpec(RatesSpec):
-    above: int = Field(gt=0)
+    above: int = rule(gt=0)
 
 
-class PeakSpec(_Strict):
-    utc_offset: str = Field(pattern=r"^[+-]\d{2}:\d{2}$")
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
-    hours: list[Annotated[str, Field(pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")]] = Field(min_length=1)
-    multiplier: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+@dataclass(frozen=True, kw_only=True)
+class PeakSpec(Section):
+    utc_offset: str = rule(pattern=r"^[+-]\d{2}:\d{2}$")
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = rule(min_length=1)
+    hours: list[Annotated[str, Bounds(pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")]] = rule(min_length=1)
+    multiplier: Annotated[Decimal, Bounds(finite=True, gt=0)]
 
 
+@dataclass(frozen=True, kw_only=True)
 class PeriodSpec(RatesSpec):
     since: date | datetime | None = None
-    tiers: list[TierSpec] = []
+    tiers: list[TierSpec] = field(default_factory=list)
     peak: PeakSpec | None = None
     """A period's own time-of-day window (an off-peak discount is a multiplier below 1); the
     model's ``peak`` applies to every period without one."""
 
 
-Factor = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+Factor = Annotated[Decimal, Bounds(finite=True, gt=0)]
 Fees = dict[str, Rate]
 """Tool name -> USD per 1,000 uses."""
 Multipliers = dict[str, dict[str, Factor]]
 """Context key (``service_tier``, ``inference_geo``, ``endpoint``) -> its value -> factor."""
 
 
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec(PeriodSpec):
-    provider: str = Field(min_length=1)
-    aliases: list[str] = []
-    periods: list[PeriodSpec] = []
-    fees: Fees = {}
-    multipliers: Multipliers = {}
+    provider: str = rule(min_length=1)
+    aliases: list[str] = field(default_factory=list)
+    periods: list[PeriodSpec] = field(default_factory=list)
+    fees: Fees = field(default_factory=dict)
+    multipliers: Multipliers = field(default_factory=dict)
 
 
-class FileSpec(_Strict):
-    models: dict[str, ModelSpec] = {}
-    fees: dict[str, Fees] = {}
+@dataclass(frozen=True, kw_only=True)
+class FileSpec(Section):
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    fees: dict[str, Fees] = field(default_factory=dict)
     """Provider -> its default per-use fees."""
-    multipliers: dict[str, Multipliers] = {}
+    multipliers: dict[str, Multipliers] = field(default_factory=dict)
     """Provider -> its default multipliers."""
 
 
@@ -150,10 +152,10 @@ def parse_text(source: str, text: str) -> FileSpec:
 
     base = FileSpec()
     try:  # everything but the models (provider fees and multipliers), validated as a whole
-        base = FileSpec.model_validate({k: v for k, v in doc.items() if k != "models"})
-    except ValidationError as e:
-        for error in e.errors():
-            problem(tuple(error["loc"]), _message(error))
+        base = FileSpec.load({k: v for k, v in doc.items() if k != "models"})
+    except SchemaError as e:
+        for loc, message in e.problems:
+            problem(loc, _message(message))
     raw_models = doc.get("models", {})
     if not isinstance(raw_models, dict):
         problem(("models",), "expected tables of models ([models.\"NAME\"])")
@@ -161,11 +163,11 @@ def parse_text(source: str, text: str) -> FileSpec:
     models: dict[str, ModelSpec] = {}
     for name, raw in raw_models.items():  # each model on its own: one bad entry hides no other problem
         try:
-            models[name] = ModelSpec.model_validate(raw)
-        except ValidationError as e:
-            for error in e.errors():
-                problem(("models", name, *error["loc"]), _message(error))
-    spec = base.model_copy(update={"models": models})
+            models[name] = ModelSpec.load(raw)
+        except SchemaError as e:
+            for loc, message in e.problems:
+                problem(("models", name, *loc), _message(message))
+    spec = replace(base, models=models)
     _check_consistency(spec, problem)
     if problems:
         raise PriceFileError(source, [message for _, message in sorted(problems, key=lambda p: p[0])])
@@ -178,12 +180,12 @@ def field_error(source: str, text: str, loc: Sequence[str | int], message: str) 
     return MeterproxyError(f"{where}: {'.'.join(str(p) for p in loc)}: {message}")
 
 
-def _message(error: Any) -> str:
-    if error["type"] == "missing":
+def _message(message: str) -> str:
+    if message == "Field required":
         return "required field is missing"
-    if error["type"] == "extra_forbidden":
+    if message == "Extra inputs are not permitted":
         return "unknown field (typo?)"
-    return str(error["msg"])
+    return message
 
 
 def known_providers() -> frozenset[str]:

@@ -136,7 +136,7 @@ def _per_million(value: Any) -> Decimal | None:
 
 def _same_as_current(old: Entry, entry: dict[str, Any], now: datetime) -> bool:
     current = old.period_at(now)
-    spec = PeriodSpec.model_validate({k: v for k, v in entry.items() if k != "provider"})
+    spec = PeriodSpec.load({k: v for k, v in entry.items() if k != "provider"})
     new_tiers = [(t.above, Rates.from_spec(t)) for t in spec.tiers]
     return Rates.from_spec(spec) == current.rates and new_tiers == [(t.above, t.rates) for t in current.tiers]
 
@@ -172,7 +172,7 @@ def _rates_dict(rates: Rates) -> dict[str, Decimal]:
 
 
 def _spec_dict(spec: ModelSpec) -> dict[str, Any]:
-    return spec.model_dump(exclude_none=True, exclude_defaults=True)
+    return spec.dump()
 
 
 def dump_models(models: dict[str, dict[str, Any]]) -> str:
