@@ -8,7 +8,6 @@ Every command takes ``--home DIR`` to point elsewhere.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -279,11 +278,15 @@ class Home:
         """Read ``config.toml``; a missing file means defaults, a bad one a clear error."""
         path = self.config_file
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return Config()
         except (OSError, UnicodeDecodeError) as e:
             raise MeterproxyError(f"{path}: cannot read: {e}") from e
+        import tomllib  # only when there is a file to read
+
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise MeterproxyError(f"{path}: {e}") from e
         try:

@@ -29,13 +29,13 @@ from meterproxy.budgets.rules import ALL, LIFE, Clock, Rule, Scope, Windows, rul
 from meterproxy.config import Budgets
 from meterproxy.ledger.db import Reader, insert_rows, read
 from meterproxy.money import usd_float
-from meterproxy.pricing.table import FREE, PriceTable
 from meterproxy.times import iso_utc
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
     from meterproxy.meter.record import Record
+    from meterproxy.pricing.table import PriceTable
 
 log = logging.getLogger("meterproxy")
 
@@ -200,6 +200,8 @@ class BudgetBook:
         price = self.prices.price(provider, model, when, input_tokens) if self.prices is not None else None
         if price is None:
             return _Rates(self._unpriced, self._unpriced, False)
+        from meterproxy.pricing.table import FREE  # loaded already: self.prices is a PriceTable
+
         if price.rates == FREE:
             return _Rates(0, 0, True)
         r, entry = price.rates, price.match.entry

@@ -12,11 +12,9 @@ import click
 
 from meterproxy.cli import options
 from meterproxy.cli.options import filter_options, home_option, period_options
-from meterproxy.cli.progress import counting
 from meterproxy.config import Home
 from meterproxy.ledger.archive import archive, archive_files, pending
 from meterproxy.ledger.db import read
-from meterproxy.pricing.table import PriceTable
 from meterproxy.reports.periods import Period, last_period
 from meterproxy.reports.query import Filters, last_rowid, list_calls
 from meterproxy.reports.render import (
@@ -126,6 +124,8 @@ def report(
 
 
 def _what_if(home: Home, model: str) -> WhatIf:
+    from meterproxy.pricing.table import PriceTable  # only --what-if needs prices
+
     try:
         return WhatIf.named(PriceTable.load(home.pricing_file), model)
     except ValueError as e:
@@ -155,6 +155,8 @@ def archive_command(home: Home, older_than: str, dry_run: bool, as_json: bool) -
                        f"{verb} to {month['file']}")
     moved = 0
     if not dry_run and total:
+        from meterproxy.cli.progress import counting  # rich.progress: only to move calls
+
         with counting("archiving", total, "rows") as advance:
             moved = sum(archive(db, home.archive, cutoff, advance).values())
     if as_json:

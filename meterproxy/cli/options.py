@@ -5,15 +5,13 @@ wide enough for tables)."""
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from meterproxy import times
 from meterproxy.config import Home
@@ -21,6 +19,9 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.db import Reader, connect, read
 from meterproxy.reports.periods import OUT_OF_RANGE, Period, PeriodChoiceError, choose_period, local_zone
 from meterproxy.reports.query import FILTERS, Filters
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -100,6 +101,8 @@ def _period(
 
 def wide_console() -> Console:
     """The terminal's width on a terminal; piped, wide enough that no cell is cut."""
+    from rich.console import Console  # rich loads in ~20 ms: only for the commands that print tables
+
     return Console() if sys.stdout.isatty() else Console(width=400)
 
 
@@ -136,6 +139,8 @@ def ledger(home: Home):
 
 
 def setup_logging(verbose: bool) -> None:
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()

@@ -13,17 +13,12 @@ import click
 
 from meterproxy.cli import options
 from meterproxy.cli.options import home_option
-from meterproxy.cli.progress import counting
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
-from meterproxy.ledger.reprice import count as count_calls
-from meterproxy.ledger.reprice import reprice
 from meterproxy.pricing import genai
 from meterproxy.pricing.file import PriceFileError
-from meterproxy.pricing.litellm import import_litellm
 from meterproxy.pricing.table import BUNDLED, Price, PriceTable
 from meterproxy.reports.render import disagreements_table, rates_table, reprice_table, unpriced_models_table
-from meterproxy.reports.unpriced import unpriced_models
 from meterproxy.times import at_utc, iso_utc
 
 
@@ -58,6 +53,8 @@ def pricing_check(home: Home, file: Path | None, against: str | None, as_json: b
     for source, count in table.files:
         replaced = sorted(k for k, e in table.entries.items() if e.source == source != BUNDLED and k in bundled)
         files.append({"file": source, "models": count, "replacing_bundled": replaced})
+    from meterproxy.reports.unpriced import unpriced_models
+
     missing = unpriced_models(options.read_ledger(home), table) if home.ledger.exists() else None
     wide = [row for row in missing or () if row[1] and genai.find(row[0] or "", row[1]) is not None]
     if missing is not None:
@@ -188,6 +185,8 @@ def price_json(model: str, price: Price, version: str, at: datetime) -> dict[str
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 def pricing_import(home: Home, file: Path) -> None:
     """Import LiteLLM's model_prices_and_context_window.json into your pricing.toml."""
+    from meterproxy.pricing.litellm import import_litellm
+
     now = options.now().astimezone(UTC)
     result = import_litellm(file, home.ensure().pricing_file, now)
     click.echo(
@@ -221,6 +220,10 @@ def reprice_command(
     table = PriceTable.load(options.existing(home).pricing_file)
     db = options.write_ledger(home)
     bounds = iso_utc(since), iso_utc(until)
+    from meterproxy.cli.progress import counting  # the rest only for this command: `pricing show` starts faster
+    from meterproxy.ledger.reprice import count as count_calls
+    from meterproxy.ledger.reprice import reprice
+
     with counting("reprice", count_calls(db, *bounds), "calls") as advance:
         result = reprice(db, table, *bounds, model, dry_run, progress=advance)
     total = result.totals()

@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from importlib import metadata
 from types import ModuleType
 from typing import Any
 
@@ -59,6 +58,8 @@ def _load() -> ModuleType | None:
 @functools.cache
 def version() -> str | None:
     """The installed genai-prices version, without importing it (read once)."""
+    from importlib import metadata  # costly to import: only when asked
+
     try:
         return metadata.version(PACKAGE)
     except metadata.PackageNotFoundError:

@@ -12,17 +12,19 @@ import io
 from collections.abc import Iterable, Sequence
 from datetime import datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.table import Table
 
-from meterproxy.ledger.reprice import ModelChange, RepriceResult
 from meterproxy.money import exact_usd, usd
-from meterproxy.pricing.genai import Disagreement
-from meterproxy.pricing.table import Price, Rates
 from meterproxy.providers.usage import PART_FIELDS, TOKEN_FIELDS, TOKEN_LABELS
 from meterproxy.times import local_time
+
+if TYPE_CHECKING:  # reports import no prices: `report` and `calls` start faster without them
+    from meterproxy.ledger.reprice import ModelChange, RepriceResult
+    from meterproxy.pricing.genai import Disagreement
+    from meterproxy.pricing.table import Price, Rates
 
 TOKEN_COLUMNS = {name: label for name, label in TOKEN_LABELS.items() if name not in PART_FIELDS}
 CSV_FIELDS = (

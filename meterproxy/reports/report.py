@@ -16,16 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meterproxy.ledger import rollup
 from meterproxy.ledger.db import Reader
 from meterproxy.money import usd_float
-from meterproxy.pricing.table import Match, PriceTable, Rates
 from meterproxy.providers.usage import TOKEN_FIELDS, Usage
 from meterproxy.reports.periods import Period, day_period, month_period, offset_spans, zone_label
 from meterproxy.reports.query import Filters
 from meterproxy.times import iso_utc, parse_iso
+
+if TYPE_CHECKING:  # only --what-if needs prices; its caller loads them
+    from meterproxy.pricing.table import Match, PriceTable, Rates
 
 BY = ("model", "agent", "provider", "session", "task", "day", "hour", "outcome")
 TIME_KEYS = frozenset({"day", "hour"})
