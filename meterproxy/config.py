@@ -47,7 +47,7 @@ def _zone(value: str | None) -> str | None:
     return value
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class ProxySettings(Section):
     host: str = "127.0.0.1"
     port: int = rule(8788, ge=0, le=65535)
@@ -56,14 +56,14 @@ class ProxySettings(Section):
     """``[proxy.auth]``: agent name -> proxy password, required from clients of other machines."""
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class StorageSettings(Section):
     store: StorePolicy = "preview"
     """What of each call's content is kept (``meterproxy start --store`` overrides it)."""
     preview_chars: int = rule(DEFAULT_PREVIEW_CHARS, ge=1, le=1_000_000)
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class RedactSettings(Section):
     patterns: dict[str, str] = field(default_factory=dict)
     """Extra findings: name -> regex; each match becomes ``[REDACTED:name]``."""
@@ -82,7 +82,7 @@ def _also(name: str) -> tuple[str, ...]:
     return (f"LOCKN_LOGGER_{name.upper()}", f"lockn_logger_{name}")
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class ForwardSettings(Section):
     """``[forward]``: receipts to LockN Logger (``LOCKN_LOGGER_*`` environment variables win)."""
 
@@ -100,7 +100,7 @@ class ForwardSettings(Section):
     """The longest wait between delivery rounds while the Logger is failing."""
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class BudgetLimits(Section):
     """Limits of one scope: USD or tokens, per day and per month (days and months in ``[budgets] tz``)."""
 
@@ -110,7 +110,7 @@ class BudgetLimits(Section):
     monthly_tokens: int | None = rule(None, gt=0)
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class SessionLimits(Section):
     """``[budgets.each_session]``: what one ``X-Meterproxy-Session`` may spend over its whole life."""
 
@@ -118,7 +118,7 @@ class SessionLimits(Section):
     tokens: int | None = rule(None, gt=0)
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class Budgets(BudgetLimits):
     """Spend limits (all calls, each agent, each session); see docs/budgets.md.
 
@@ -143,7 +143,7 @@ class Budgets(BudgetLimits):
     each_session: SessionLimits = field(default_factory=SessionLimits)
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class AlertSettings(Section):
     """``[alerts]``: where budget alerts are POSTed, and in which format."""
 
@@ -151,13 +151,13 @@ class AlertSettings(Section):
     format: Literal["json", "slack", "ntfy"] = "json"
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class LogSettings(Section):
     jsonl: bool = True
     """Mirror every call to ``logs/YYYY-MM-DD.jsonl``."""
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class ServeSettings(Section):
     """``[serve]``: ``meterproxy serve`` (its options win)."""
 
@@ -167,7 +167,7 @@ class ServeSettings(Section):
     """Every request must carry it; required to listen on an address other than loopback."""
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class OtelSettings(Section):
     """``[otel]``: every call as OpenTelemetry GenAI spans and metrics, OTLP/HTTP protobuf to a collector.
 
@@ -198,7 +198,7 @@ class OtelSettings(Section):
     max_delay: float = rule(300.0, gt=0, le=86400)
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class Config(Section):
     """The schema of ``config.toml``; unknown keys are errors, so typos never pass silently."""
 

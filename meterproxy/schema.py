@@ -140,9 +140,22 @@ class _Field:
 
 
 class Section:
-    """Base of a schema table (subclasses are ``@dataclass(kw_only=True)``)."""
+    """Base of a schema table (subclasses are ``@dataclass(kw_only=True, repr=False, eq=False)``: the
+    ``repr`` and ``==`` here are the same as dataclasses', without generating code for each class,
+    which costs a start-up of the command line)."""
 
     _plans: ClassVar[dict[type, tuple[_Field, ...]]] = {}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))  # type: ignore[arg-type]
+        return f"{type(self).__qualname__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         problems: list[tuple[Loc, str]] = []

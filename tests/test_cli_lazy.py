@@ -37,6 +37,39 @@ def test_help_and_a_report_load_no_proxy_or_web_stack(tmp_path) -> None:
         assert "LOADED []" in done.stderr, (args, done.stderr)
 
 
+def test_read_only_commands_load_no_pydantic_no_parsers_and_no_prices_unless_shown(tmp_path) -> None:
+    connect(tmp_path / "ledger.db").close()
+    (tmp_path / "config.toml").write_text('[budgets]\ndaily_usd = 5\n[forward]\nbatch_size = 5\n', encoding="utf-8")
+    probe = (
+        "import sys\n"
+        "from meterproxy.cli.main import main\n"
+        "sys.argv = ['meterproxy', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in {'pydantic', 'pydantic_core', 'genai_prices'}"
+        " or m in {'rich.progress', 'meterproxy.providers.registry', 'meterproxy.pricing.table',"
+        " 'meterproxy.ledger.reprice', 'importlib.metadata'}), file=sys.stderr)\n"
+    )
+    expected = {
+        ("--help",): [],
+        ("report", "--today"): [],
+        ("report", "--json"): [],
+        ("calls",): [],
+        ("budget",): [],
+        ("pricing", "show", "gpt-4o"): ["meterproxy.pricing.table"],
+    }
+    for args, loaded in expected.items():
+        argv = [*args, "--home", str(tmp_path)] if args != ("--help",) else list(args)
+        done = subprocess.run([sys.executable, "-c", probe, *argv], check=False, capture_output=True, text=True, timeout=60)
+        assert f"LOADED {loaded}" in done.stderr, (args, done.stderr)
+
+
+def test_price_files_are_checked_against_the_names_of_the_registry() -> None:
+    from meterproxy.providers.names import PROVIDER_NAMES
+    from meterproxy.providers.registry import PROVIDERS
+
+    assert PROVIDER_NAMES == set(PROVIDERS)
+
+
 def test_a_current_ledger_is_read_plainly_and_an_old_one_is_migrated_first(tmp_path) -> None:
     current, old = tmp_path / "current.db", tmp_path / "old.db"
     connect(current).close()

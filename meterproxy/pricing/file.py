@@ -53,7 +53,7 @@ import functools
 import re
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import FrozenInstanceError, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -67,8 +67,20 @@ LOCAL_PROVIDERS = frozenset({"ollama", "lmstudio", "llamacpp", "vllm", "local"})
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-@dataclass(frozen=True, kw_only=True)
-class RatesSpec(Section):
+class _Frozen(Section):
+    """A section whose fields are never reassigned (a price entry once read)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self.__dict__:  # set once, by __init__
+            raise FrozenInstanceError(f"cannot assign to field {name!r}")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+@dataclass(kw_only=True, repr=False, eq=False)
+class RatesSpec(_Frozen):
     input: Rate
     output: Rate
     cache_read: Rate | None = None
@@ -77,20 +89,20 @@ class RatesSpec(Section):
     reasoning: Rate | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class TierSpec(RatesSpec):
     above: int = rule(gt=0)
 
 
-@dataclass(frozen=True, kw_only=True)
-class PeakSpec(Section):
+@dataclass(kw_only=True, repr=False, eq=False)
+class PeakSpec(_Frozen):
     utc_offset: str = rule(pattern=r"^[+-]\d{2}:\d{2}$")
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = rule(min_length=1)
     hours: list[Annotated[str, Bounds(pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")]] = rule(min_length=1)
     multiplier: Annotated[Decimal, Bounds(finite=True, gt=0)]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class PeriodSpec(RatesSpec):
     since: date | datetime | None = None
     tiers: list[TierSpec] = field(default_factory=list)
@@ -106,7 +118,7 @@ Multipliers = dict[str, dict[str, Factor]]
 """Context key (``service_tier``, ``inference_geo``, ``endpoint``) -> its value -> factor."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, repr=False, eq=False)
 class ModelSpec(PeriodSpec):
     provider: str = rule(min_length=1)
     aliases: list[str] = field(default_factory=list)
@@ -115,8 +127,8 @@ class ModelSpec(PeriodSpec):
     multipliers: Multipliers = field(default_factory=dict)
 
 
-@dataclass(frozen=True, kw_only=True)
-class FileSpec(Section):
+@dataclass(kw_only=True, repr=False, eq=False)
+class FileSpec(_Frozen):
     models: dict[str, ModelSpec] = field(default_factory=dict)
     fees: dict[str, Fees] = field(default_factory=dict)
     """Provider -> its default per-use fees."""
@@ -190,11 +202,9 @@ def _message(message: str) -> str:
 
 def known_providers() -> frozenset[str]:
     """The names a price entry's ``provider`` may take: every route's provider, and the local ones."""
-    try:  # the parsers' registry, imported only when a price file is read
-        from meterproxy.providers.registry import PROVIDERS
-    except ImportError:  # trees where the registry is the package itself
-        from meterproxy.providers import PROVIDERS  # type: ignore[attr-defined,no-redef]
-    return frozenset(PROVIDERS) | LOCAL_PROVIDERS
+    from meterproxy.providers.names import PROVIDER_NAMES  # the names only: importing the parsers costs a start-up
+
+    return PROVIDER_NAMES | LOCAL_PROVIDERS
 
 
 def _check_consistency(spec: FileSpec, problem: Callable[[Sequence[str | int], str], None]) -> None:
