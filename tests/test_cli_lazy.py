@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def test_help_and_a_report_load_no_proxy_or_web_stack(tmp_path) -> None:
         assert "LOADED []" in done.stderr, (args, done.stderr)
 
 
-def test_read_only_commands_load_no_pydantic_no_parsers_and_no_prices_unless_shown(tmp_path) -> None:
+def test_read_only_commands_load_no_pydantic_no_parsers_no_rich_and_no_prices_unless_shown(tmp_path) -> None:
+    """Piped, plain tables are drawn without rich (:mod:`meterproxy.reports.tables`)."""
     connect(tmp_path / "ledger.db").close()
     (tmp_path / "config.toml").write_text('[budgets]\ndaily_usd = 5\n[forward]\nbatch_size = 5\n', encoding="utf-8")
     probe = (
@@ -45,7 +47,7 @@ def test_read_only_commands_load_no_pydantic_no_parsers_and_no_prices_unless_sho
         "from meterproxy.cli.main import main\n"
         "sys.argv = ['meterproxy', *sys.argv[1:]]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in {'pydantic', 'pydantic_core', 'genai_prices'}"
+        "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in {'pydantic', 'pydantic_core', 'genai_prices', 'rich'}"
         " or m in {'rich.progress', 'meterproxy.providers.registry', 'meterproxy.pricing.table',"
         " 'meterproxy.ledger.reprice', 'importlib.metadata'}), file=sys.stderr)\n"
     )
@@ -57,10 +59,13 @@ def test_read_only_commands_load_no_pydantic_no_parsers_and_no_prices_unless_sho
         ("budget",): [],
         ("pricing", "show", "gpt-4o"): ["meterproxy.pricing.table"],
     }
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
     for args, loaded in expected.items():
         argv = [*args, "--home", str(tmp_path)] if args != ("--help",) else list(args)
-        done = subprocess.run([sys.executable, "-c", probe, *argv], check=False, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-c", probe, *argv], check=False, capture_output=True, text=True,
+                              timeout=60, env=env)
         assert f"LOADED {loaded}" in done.stderr, (args, done.stderr)
+        assert done.stdout.strip(), args
 
 
 def test_price_files_are_checked_against_the_names_of_the_registry() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import click
-from rich.table import Table
 
 from meterproxy.budgets.status import budget_status
 from meterproxy.cli import options
 from meterproxy.cli.options import home_option
 from meterproxy.config import Home
+from meterproxy.reports.tables import Table
 
 
 @click.command()
@@ -36,7 +36,7 @@ def budget(home: Home, as_json: bool) -> None:
             s["budget"], s["period"], amount(s["limit"]), amount(s["spent"]), amount(s["reserved"]),
             amount(s["remaining"]), f"{s['used']:.0%}", s["status"], s["resets_at"] or "never",
         )
-    options.wide_console().print(table)
+    options.print_table(table)
     enforce = states[0]["enforce"]
     click.echo("Enforced: calls that could pass a limit get HTTP 429." if enforce
                else "Not enforced (enforce = false): budgets only warn.")

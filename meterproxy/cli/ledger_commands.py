@@ -58,7 +58,7 @@ def calls(
         if as_json:
             click.echo(json.dumps(rows, indent=2))
         else:
-            options.wide_console().print(calls_table(rows, f"Newest {len(rows)} calls"))
+            options.print_table(calls_table(rows, f"Newest {len(rows)} calls"))
         return
     show = json.dumps if as_json else call_line
     if not as_json:
@@ -117,7 +117,7 @@ def report(
     elif as_csv:
         click.echo(report_csv(data), nl=False)
     else:
-        options.wide_console().print(report_table(data))
+        options.print_table(report_table(data))
         click.echo("\n".join(report_notes(data)))
     for line in budget_warnings(data):
         click.echo(line, err=True)

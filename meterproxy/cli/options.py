@@ -23,6 +23,11 @@ from meterproxy.reports.query import FILTERS, Filters
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from meterproxy.reports.tables import Table
+
+PIPED_WIDTH = 400
+"""The width of tables written to a pipe or a file: wide enough that no cell is cut."""
+
 
 def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--home`` and pass a resolved :class:`Home` as ``home``."""
@@ -103,7 +108,19 @@ def wide_console() -> Console:
     """The terminal's width on a terminal; piped, wide enough that no cell is cut."""
     from rich.console import Console  # rich loads in ~20 ms: only for the commands that print tables
 
-    return Console() if sys.stdout.isatty() else Console(width=400)
+    return Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout: by rich on a terminal (its width, colours); piped, the same characters
+    rich would write, without loading rich when the table is plain text (see :mod:`meterproxy.reports.tables`)."""
+    from meterproxy.reports.tables import plain_output
+
+    text = table.plain(PIPED_WIDTH) if not sys.stdout.isatty() and plain_output() else None
+    if text is not None:
+        click.echo(text, nl=False)
+    else:
+        wide_console().print(table.to_rich())
 
 
 def when(text: str, end_of_day: bool = False) -> datetime:

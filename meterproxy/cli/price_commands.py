@@ -82,7 +82,7 @@ def pricing_check(home: Home, file: Path | None, against: str | None, as_json: b
         click.echo("ledger: every model seen has a price")
     else:
         click.echo(f"ledger: {len(missing)} model(s) seen without a price (their calls are unpriced):")
-        options.wide_console().print(unpriced_models_table(missing))
+        options.print_table(unpriced_models_table(missing))
 
 
 def _check_against_genai(table: PriceTable) -> None:
@@ -96,7 +96,7 @@ def _check_against_genai(table: PriceTable) -> None:
         f"({len(unknown)} unknown to it), {len(found)} rate(s) of {models} model(s) differ"
     )
     if found:
-        options.wide_console().print(disagreements_table(found))
+        options.print_table(disagreements_table(found))
 
 
 @pricing.command("show")
@@ -133,7 +133,7 @@ def pricing_show(home: Home, model: str, provider: str, when: str | None, as_jso
     click.echo(f"  why: {price.match.how}")
     click.echo(f"  defined at: {entry.where}")
     click.echo(f"  pricing version: {table.version}")
-    options.wide_console().print(rates_table(price, at))
+    options.print_table(rates_table(price, at))
     window = price.period.peak or entry.peak
     if window is not None:
         state = "inside" if price.peak else "outside"
@@ -238,6 +238,6 @@ def reprice_command(
     )
     if not result.checked:
         return
-    options.wide_console().print(reprice_table(result, total, verb))
+    options.print_table(reprice_table(result, total, verb))
     if total.unpriced_after:
         click.echo(f"warning: {total.unpriced_after} calls still have no price (see `meterproxy pricing check`)", err=True)

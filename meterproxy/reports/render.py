@@ -14,14 +14,14 @@ from datetime import datetime, time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group
-from rich.table import Table
-
 from meterproxy.money import exact_usd, usd
 from meterproxy.providers.usage import PART_FIELDS, TOKEN_FIELDS, TOKEN_LABELS
+from meterproxy.reports.tables import Table
 from meterproxy.times import local_time
 
-if TYPE_CHECKING:  # reports import no prices: `report` and `calls` start faster without them
+if TYPE_CHECKING:  # reports import no prices (nor rich): `report` and `calls` start faster without them
+    from rich.console import Group
+
     from meterproxy.ledger.reprice import ModelChange, RepriceResult
     from meterproxy.pricing.genai import Disagreement
     from meterproxy.pricing.table import Price, Rates
@@ -323,11 +323,14 @@ _BARS = " ▁▂▃▄▅▆▇█"
 def dashboard_view(data: dict[str, Any], calls: list[dict[str, Any]]) -> Group:
     """:func:`~meterproxy.reports.overview.costs` on a terminal: the headline numbers (⚠ past a
     budget's warning level), gaps, spend per day, by agent and model, and the newest calls."""
+    from rich.console import Group
+    from rich.table import Table as RichTable
+
     budgets = data["budgets"] or {}
     marks = {name: _mark(state) for name, state in budgets.items() if isinstance(state, dict)}
     monthly = budgets.get("monthly") or {}
     projected_mark = " ⚠" if monthly.get("projected_status", "ok") != "ok" else ""
-    head = Table.grid(padding=(0, 3))
+    head = RichTable.grid(padding=(0, 3))
     for _ in range(5):
         head.add_column()
     budget = f" of {_usd(data['budget'])}" if data["budget"] is not None else ""
@@ -345,9 +348,9 @@ def dashboard_view(data: dict[str, Any], calls: list[dict[str, Any]]) -> Group:
     peak = max((d["cost"] for d in data["daily"]), default=0) or 1
     bars = "".join(_BARS[round(d["cost"] / peak * (len(_BARS) - 1))] for d in data["daily"])
     parts.append(f"per day {data['daily'][0]['date']} … {data['daily'][-1]['date']}  {bars}")
-    tables = Table.grid(padding=(0, 4))
-    tables.add_row(_share_table(data["byAgent"], "agent"), _share_table(data["byModel"], "model"))
-    parts += [tables, calls_table(calls, f"Newest {len(calls)} calls")]
+    tables = RichTable.grid(padding=(0, 4))
+    tables.add_row(_share_table(data["byAgent"], "agent").to_rich(), _share_table(data["byModel"], "model").to_rich())
+    parts += [tables, calls_table(calls, f"Newest {len(calls)} calls").to_rich()]
     return Group(*parts)
 
 
