@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from meterproxy.errors import MeterproxyError
@@ -30,6 +29,8 @@ def _http_url(value: str | None) -> str | None:
     """An http(s) URL with a host (an empty one means none)."""
     if not value:
         return None
+    from urllib.parse import urlsplit  # only for a URL to check: the read-only commands start faster
+
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL")

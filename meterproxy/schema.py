@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -132,7 +133,7 @@ _REQUIRED: Any = object()
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Field:
     name: str
-    type: Any
+    convert: Converter
     keys: tuple[str, ...]
     bounds: Bounds | None
     check: Callable[[Any], Any] | None
@@ -165,7 +166,7 @@ class Section:
                 problems.append(((spec.name,), "Field required"))
                 continue
             try:
-                value = _convert(spec.type, value, (spec.name,))
+                value = spec.convert(value, (spec.name,))
                 if spec.bounds is not None:
                     value = spec.bounds.check(value, (spec.name,))
                 if spec.check is not None:
@@ -234,6 +235,25 @@ class Section:
         return out
 
 
+_evaluated: dict[tuple[str, str], Any] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The type hints of a class's fields, Annotated kept (``typing.get_type_hints`` without its
+    checks, which cost the command line a few milliseconds at start-up); each text evaluated once."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        namespace = vars(sys.modules[klass.__module__])
+        for name, hint in klass.__dict__.get("__annotations__", {}).items():
+            if isinstance(hint, str):
+                key = (klass.__module__, hint)
+                if key not in _evaluated:
+                    _evaluated[key] = eval(hint, namespace)  # noqa: S307 -- our own annotations
+                hint = _evaluated[key]
+            hints[name] = hint
+    return hints
+
+
 def _dumped(value: Any) -> Any:
     if isinstance(value, Section):
         return value.dump()
@@ -248,10 +268,10 @@ def _plan(cls: type) -> tuple[_Field, ...]:
     """The fields of a section with their resolved types (worked out once per class)."""
     plan = Section._plans.get(cls)
     if plan is None:
-        hints = typing.get_type_hints(cls, include_extras=True)
+        hints = _hints(cls)
         plan = tuple(
-            _Field(f.name, hints[f.name], (f.name, *f.metadata.get("aliases", ())), f.metadata.get("bounds"),
-                   f.metadata.get("check"),
+            _Field(f.name, _converter(hints[f.name]), (f.name, *f.metadata.get("aliases", ())),
+                   f.metadata.get("bounds"), f.metadata.get("check"),
                    f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
             for f in dataclasses.fields(cls)
         )
@@ -259,49 +279,81 @@ def _plan(cls: type) -> tuple[_Field, ...]:
     return plan
 
 
+Converter = Callable[[Any, Loc], Any]
+_converters: dict[Any, Converter] = {}
+
+
 def _convert(kind: Any, value: Any, loc: Loc) -> Any:
     """``value`` as a ``kind`` (a type hint), or a :class:`SchemaError` at ``loc``."""
+    return _converter(kind)(value, loc)
+
+
+def _converter(kind: Any) -> Converter:
+    """The conversion to ``kind``, worked out once per type hint."""
+    converter = _converters.get(kind)
+    if converter is None:
+        converter = _converters[kind] = _build(kind)
+    return converter
+
+
+def _build(kind: Any) -> Converter:
     origin = typing.get_origin(kind)
     if origin is Annotated:
-        value = _convert(kind.__origin__, value, loc)
-        for bounds in kind.__metadata__:
-            value = bounds.check(value, loc)
-        return value
+        inner, checks = _converter(kind.__origin__), [bounds.check for bounds in kind.__metadata__]
+
+        def annotated(value: Any, loc: Loc) -> Any:
+            value = inner(value, loc)
+            for check in checks:
+                value = check(value, loc)
+            return value
+
+        return annotated
     if origin is types.UnionType or origin is typing.Union:
-        args = typing.get_args(kind)
-        if value is None and type(None) in args:
-            return None
-        args = tuple(arg for arg in args if arg is not type(None))
-        if args == (date, datetime):
-            return _to_date_or_datetime(value, loc)
-        (kind,) = args
-        return _convert(kind, value, loc)
+        args = tuple(arg for arg in typing.get_args(kind) if arg is not type(None))
+        some = _to_date_or_datetime if args == (date, datetime) else _converter(args[0])
+        if len(args) == len(typing.get_args(kind)):
+            return some
+        return lambda value, loc: None if value is None else some(value, loc)
     if origin is Literal:
         choices = typing.get_args(kind)
-        if value in choices and type(value) is str:
-            return value
         *first, last = (repr(choice) for choice in choices)
-        raise SchemaError(loc, f"Input should be {', '.join(first)} or {last}" if first else f"Input should be {last}")
+        message = f"Input should be {', '.join(first)} or {last}" if first else f"Input should be {last}"
+
+        def literal(value: Any, loc: Loc) -> Any:
+            if type(value) is str and value in choices:
+                return value
+            raise SchemaError(loc, message)
+
+        return literal
     if origin is dict:
-        if not isinstance(value, Mapping):
-            raise SchemaError(loc, "Input should be a valid dictionary")
-        key_kind, value_kind = typing.get_args(kind)
-        return _each({k: v for k, v in value.items()}, lambda k, v: (_convert(key_kind, k, (*loc, k)),
-                                                                      _convert(value_kind, v, (*loc, k))))
+        key_of, value_of = (_converter(arg) for arg in typing.get_args(kind))
+
+        def mapping(value: Any, loc: Loc) -> dict[Any, Any]:
+            if not isinstance(value, Mapping):
+                raise SchemaError(loc, "Input should be a valid dictionary")
+            return _each(dict(value), lambda k, v: (key_of(k, (*loc, k)), value_of(v, (*loc, k))))
+
+        return mapping
     if origin is list:
-        if not isinstance(value, list | tuple | set | frozenset):
-            raise SchemaError(loc, "Input should be a valid list")
-        (item_kind,) = typing.get_args(kind)
-        return list(_each(dict(enumerate(value)), lambda i, v: (i, _convert(item_kind, v, (*loc, i)))).values())
+        item_of = _converter(typing.get_args(kind)[0])
+
+        def sequence(value: Any, loc: Loc) -> list[Any]:
+            if not isinstance(value, list | tuple | set | frozenset):
+                raise SchemaError(loc, "Input should be a valid list")
+            return list(_each(dict(enumerate(value)), lambda i, v: (i, item_of(v, (*loc, i)))).values())
+
+        return sequence
     if isinstance(kind, type) and issubclass(kind, Section):
-        try:
-            return kind.load(value)
-        except SchemaError as e:
-            raise e.under(*loc) from None
-    converter = _SCALARS.get(kind)
-    if converter is None:
+        def section(value: Any, loc: Loc) -> Section:
+            try:
+                return kind.load(value)
+            except SchemaError as e:
+                raise e.under(*loc) from None
+
+        return section
+    if kind not in _SCALARS:
         raise TypeError(f"no conversion to {kind!r}")
-    return converter(value, loc)
+    return _SCALARS[kind]
 
 
 def _each(items: dict[Any, Any], convert: Callable[[Any, Any], tuple[Any, Any]]) -> dict[Any, Any]:

@@ -48,7 +48,6 @@ Floats are read as exact decimals (``parse_float=Decimal``), never through binar
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import tomllib
@@ -217,6 +216,8 @@ def _check_consistency(spec: FileSpec, problem: Callable[[Sequence[str | int], s
             problem(("models", name), f"defined twice (also as {names[key]!r})")
         names[key] = name
         if model.provider not in providers:
+            import difflib  # only for a bad provider
+
             close = difflib.get_close_matches(model.provider, sorted(providers), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(providers))}"
             problem(("models", name, "provider"), f"unknown provider {model.provider!r} ({hint})")
