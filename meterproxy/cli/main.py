@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sqlite3
 import sys
 
 import click
@@ -119,12 +118,15 @@ def main() -> None:
     except MeterproxyError as e:
         click.echo(f"meterproxy: error: {e}", err=True)
         sys.exit(1)
-    except sqlite3.Error as e:
-        click.echo(f"meterproxy: ledger error: {e}", err=True)
-        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:
         # The reader went away (| head): stop quietly, without a second error at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except Exception as e:
+        sqlite3 = sys.modules.get("sqlite3")  # not imported by commands that use no ledger (a faster start)
+        if sqlite3 is None or not isinstance(e, sqlite3.Error):
+            raise
+        click.echo(f"meterproxy: ledger error: {e}", err=True)
+        sys.exit(1)

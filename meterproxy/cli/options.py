@@ -16,13 +16,12 @@ import click
 from meterproxy import times
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
-from meterproxy.ledger.db import Reader, connect, read
 from meterproxy.reports.periods import OUT_OF_RANGE, Period, PeriodChoiceError, choose_period, local_zone
-from meterproxy.reports.query import FILTERS, Filters
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from meterproxy.ledger.db import Reader
     from meterproxy.reports.tables import Table
 
 PIPED_WIDTH = 400
@@ -48,6 +47,8 @@ def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--agent``, ``--model``... (repeatable; globs allowed), passed as ``filters``."""
+    from meterproxy.reports.query import FILTERS, Filters  # the ledger's modules: only for commands that read it
+
     for name in reversed(FILTERS):
         command = click.option(
             f"--{name}", f"filter_{name}", multiple=True, metavar=name.upper(),
@@ -152,6 +153,8 @@ def now() -> datetime:
 
 def ledger(home: Home):
     """The ledger, to write (migrated first)."""
+    from meterproxy.ledger.db import connect
+
     return connect(home.ensure().ledger)
 
 
@@ -177,9 +180,13 @@ def existing(home: Home) -> Home:
 
 def read_ledger(home: Home) -> Reader:
     """The ledger of an existing home, to read (see :func:`existing`)."""
+    from meterproxy.ledger.db import read
+
     return read(existing(home).ledger)
 
 
 def write_ledger(home: Home):
     """The ledger of an existing home, to write (migrated first; see :func:`existing`)."""
+    from meterproxy.ledger.db import connect
+
     return connect(existing(home).ledger)
