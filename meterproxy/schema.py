@@ -83,16 +83,17 @@ class SecretStr:
         return hash(self._value)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Bounds:
-    """Constraints on a converted value, checked in this order; also usable as ``Annotated[T, Bounds(...)]``."""
+    """Constraints on a converted value, checked in this order; also usable as ``Annotated[T, Bounds(...)]``.
 
-    finite: bool = False
-    le: Any = None
-    ge: Any = None
-    gt: Any = None
-    min_length: int | None = None
-    pattern: str | None = None
+    (A plain class, as :class:`_Field`: a dataclass costs the command line's start more.)"""
+
+    __slots__ = ("finite", "le", "ge", "gt", "min_length", "pattern")
+
+    def __init__(self, finite: bool = False, le: Any = None, ge: Any = None, gt: Any = None,
+                 min_length: int | None = None, pattern: str | None = None):
+        self.finite, self.le, self.ge, self.gt = finite, le, ge, gt
+        self.min_length, self.pattern = min_length, pattern
 
     def check(self, value: Any, loc: Loc) -> Any:
         if value is None:
@@ -130,8 +131,7 @@ _REQUIRED: Any = object()
 """What :meth:`Section.load` passes for a required key the table lacks."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Field:
+class _Field(typing.NamedTuple):
     name: str
     convert: Converter
     keys: tuple[str, ...]

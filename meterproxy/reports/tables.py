@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
     import rich.table
@@ -30,31 +29,34 @@ DIGIT_EMOJI = frozenset({"100", "1234"})
 """rich's emoji names made of digits only (a test checks): times (``12:34:56``) need no look-up."""
 
 
-@dataclass
-class Column:
+class Column(NamedTuple):
     header: str
     justify: Justify = "left"
     no_wrap: bool = False
 
 
-@dataclass
 class Row:
-    cells: list[str]
-    style: str | None = None
-    end_section: bool = False
+    __slots__ = ("cells", "style", "end_section")
+
+    def __init__(self, cells: list[str], style: str | None = None):
+        self.cells, self.style, self.end_section = cells, style, False
 
 
-@dataclass
 class Table:
-    """A table as ``rich.table.Table`` takes it (the few options the command line uses)."""
+    """A table as ``rich.table.Table`` takes it (the few options the command line uses; plain
+    classes here: dataclasses cost the start of the command line more)."""
 
-    title: str | None = None
-    title_justify: Justify = "left"
-    box: Literal["heavy_head"] | None = "heavy_head"
-    pad_edge: bool = True
-    header_style: str | None = None
-    columns: list[Column] = field(default_factory=list)
-    rows: list[Row] = field(default_factory=list)
+    def __init__(
+        self, title: str | None = None, title_justify: Justify = "left",
+        box: Literal["heavy_head"] | None = "heavy_head", pad_edge: bool = True, header_style: str | None = None,
+    ):
+        self.title, self.title_justify, self.box = title, title_justify, box
+        self.pad_edge, self.header_style = pad_edge, header_style
+        self.columns: list[Column] = []
+        self.rows: list[Row] = []
+
+    def __repr__(self) -> str:
+        return f"Table(title={self.title!r}, columns={[c.header for c in self.columns]!r}, rows={len(self.rows)})"
 
     def add_column(self, header: str = "", justify: Justify = "left", no_wrap: bool = False) -> None:
         self.columns.append(Column(header, justify, no_wrap))
