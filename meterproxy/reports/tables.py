@@ -92,6 +92,8 @@ class Table:
             texts.append(self.title)
         if not self.columns or not all(_plain(text) for text in texts) or self.title_justify != "left":
             return None
+        if any(len(row.cells) != len(self.columns) for row in self.rows):  # rich would add columns
+            return None
         last = len(self.columns) - 1
         pads = [(int(self.pad_edge or i > 0), int(self.pad_edge or i < last)) for i in range(last + 1)]
         widths = [
