@@ -133,7 +133,7 @@ class Table:
 
 def _plain(text: str) -> bool:
     """Text rich prints as is: printable ASCII without markup (``[``) or a known emoji code."""
-    if not _PLAIN.fullmatch(text) or "[" in text:
+    if not isinstance(text, str) or not _PLAIN.fullmatch(text) or "[" in text:
         return False
     names = [match.group(2).lower() for match in _EMOJI.finditer(text)] if ":" in text else []
     if all(name.isdigit() and name not in DIGIT_EMOJI for name in names):
