@@ -35,6 +35,8 @@ def pricing() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (an invalid file too, with exit 1).")
 def pricing_check(home: Home, file: Path | None, against: str | None, as_json: bool) -> None:
     """Validate the price files (or FILE in place of yours) and list ledger models with no price."""
+    from meterproxy.reports.unpriced import unpriced_models  # only this command reads the ledger's models
+
     if file is not None and not file.exists():
         raise MeterproxyError(f"{file}: no such file")
     if file is None:
@@ -53,8 +55,6 @@ def pricing_check(home: Home, file: Path | None, against: str | None, as_json: b
     for source, count in table.files:
         replaced = sorted(k for k, e in table.entries.items() if e.source == source != BUNDLED and k in bundled)
         files.append({"file": source, "models": count, "replacing_bundled": replaced})
-    from meterproxy.reports.unpriced import unpriced_models
-
     missing = unpriced_models(options.read_ledger(home), table) if home.ledger.exists() else None
     wide = [row for row in missing or () if row[1] and genai.find(row[0] or "", row[1]) is not None]
     if missing is not None:
