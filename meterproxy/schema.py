@@ -1,12 +1,13 @@
 """A small typed schema for TOML tables: dataclass sections whose fields are checked and converted.
 
-A :class:`Section` is a ``@dataclass(kw_only=True)`` whose fields may carry bounds, other accepted
-keys and a check (:func:`rule`). ``Section.load(mapping)`` reads a table: unknown keys are
+A :class:`Section` is a ``@dataclass(kw_only=True, repr=False, eq=False)`` whose fields may carry
+bounds, other accepted keys and a check (:func:`rule`). ``Section.load(mapping)`` reads a table: unknown keys are
 errors, values are converted the lenient way TOML files and environment variables need (``"5"``
 is an int, ``"false"`` a bool, ``8.0`` an int, an int a float) and checked against their type and
 bounds. Building a section directly (``ForwardSettings(api_key="...")``) checks and converts the
-same way. Every problem is a :class:`SchemaError`: the path of keys to the value and one message,
-worded like pydantic's (the schema's earlier implementation), so messages users know stay.
+same way. The problems (all of them, in the order of the fields, unknown keys last) are a
+:class:`SchemaError`: each the path of keys to the value and one message, worded like pydantic's
+(the schema's earlier implementation), so the messages users know stay.
 
 It replaces pydantic on the command line's read path, where importing pydantic and building its
 models cost more than the commands' own work.
