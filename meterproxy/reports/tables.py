@@ -2,10 +2,13 @@
 
 Importing rich and drawing a table with it costs a read-only command about a third of its time.
 When the output is not a terminal (piped or redirected: no colours, no terminal width), every
-cell is plain text (printable ASCII, no rich markup or emoji codes) and the table fits the width,
-:meth:`Table.plain` draws the very characters rich would (a test compares both on many tables);
-otherwise :meth:`Table.to_rich` hands the table to rich. Only what the command line uses is
-supported: a title on the left, the heavy-headed box or none, sections, left and right columns.
+cell is printable ASCII and the table fits the width, :meth:`Table.plain` draws the very
+characters rich would (a test compares both on many tables); otherwise :meth:`Table.to_rich`
+hands the table to rich. Only what the command line uses is supported: a title on the left, the
+heavy-headed box or none, sections, left and right columns.
+
+Cells and titles are text, shown as they are: never read as rich markup or emoji codes (names
+from the ledger such as ``each_agent[ana]`` or ``model:latest:`` stay whole).
 """
 
 from __future__ import annotations
@@ -23,10 +26,6 @@ HEAVY_HEAD = ("┏━┳┓", "┃┃┃", "┡━╇┩", "│││", "├─�
 """rich's ``box.HEAVY_HEAD``: top, header row, under the header, rows, between sections, bottom."""
 _PLAIN = re.compile(r"[ -~·]*")
 """Printable ASCII (and the middle dot of report titles): one column per character."""
-_EMOJI = re.compile(r"(:(\S*?)(?:(?:\-)(emoji|text))?:)")
-"""rich's emoji code (``:smile:``); a cell with one of rich's names is left to rich."""
-DIGIT_EMOJI = frozenset({"100", "1234"})
-"""rich's emoji names made of digits only (a test checks): times (``12:34:56``) need no look-up."""
 
 
 class Column(NamedTuple):
@@ -69,24 +68,27 @@ class Table:
             self.rows[-1].end_section = True
 
     def to_rich(self) -> rich.table.Table:
+        """The table for rich, its texts as they are (rich.text.Text: no markup, no emoji codes)."""
         from rich import box
         from rich.table import Table as RichTable
+        from rich.text import Text
 
         kwargs: dict[str, Any] = {"box": box.HEAVY_HEAD if self.box else None, "pad_edge": self.pad_edge}
         if self.title is not None:
-            kwargs |= {"title": self.title, "title_justify": self.title_justify}
+            title = Text(self.title, style="table.title") if self.title else self.title
+            kwargs |= {"title": title, "title_justify": self.title_justify}
         if self.header_style is not None:
             kwargs["header_style"] = self.header_style
         out = RichTable(**kwargs)
         for column in self.columns:
-            out.add_column(column.header, justify=column.justify, no_wrap=column.no_wrap)
+            out.add_column(Text(column.header), justify=column.justify, no_wrap=column.no_wrap)
         for row in self.rows:
-            out.add_row(*row.cells, style=row.style, end_section=row.end_section)
+            out.add_row(*(Text(cell) for cell in row.cells), style=row.style, end_section=row.end_section)
         return out
 
     def plain(self, width: int) -> str | None:
         """The table as rich draws it on a console ``width`` wide that is not a terminal; None when
-        only rich can draw it (markup, emoji codes, other than printable ASCII, too wide)."""
+        only rich can draw it (text other than printable ASCII, too wide)."""
         texts = [column.header for column in self.columns] + [cell for row in self.rows for cell in row.cells]
         if self.title:
             texts.append(self.title)
@@ -132,15 +134,8 @@ class Table:
 
 
 def _plain(text: str) -> bool:
-    """Text rich prints as is: printable ASCII without markup (``[``) or a known emoji code."""
-    if not isinstance(text, str) or not _PLAIN.fullmatch(text) or "[" in text:
-        return False
-    names = [match.group(2).lower() for match in _EMOJI.finditer(text)] if ":" in text else []
-    if all(name.isdigit() and name not in DIGIT_EMOJI for name in names):
-        return True
-    from rich._emoji_codes import EMOJI  # a plain dict, but 5 ms to load: only for a cell that looks like a code
-
-    return not any(name in EMOJI for name in names)
+    """Text one column per character (printable ASCII), so its width is its length."""
+    return isinstance(text, str) and _PLAIN.fullmatch(text) is not None
 
 
 def plain_output() -> bool:
