@@ -15,7 +15,6 @@ from meterproxy.cli import options
 from meterproxy.cli.options import home_option
 from meterproxy.config import Home
 from meterproxy.errors import MeterproxyError
-from meterproxy.pricing import genai
 from meterproxy.pricing.file import PriceFileError
 from meterproxy.pricing.table import BUNDLED, Price, PriceTable
 from meterproxy.reports.render import disagreements_table, rates_table, reprice_table, unpriced_models_table
@@ -35,6 +34,7 @@ def pricing() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (an invalid file too, with exit 1).")
 def pricing_check(home: Home, file: Path | None, against: str | None, as_json: bool) -> None:
     """Validate the price files (or FILE in place of yours) and list ledger models with no price."""
+    from meterproxy.pricing import genai  # the wide net: only when a model is not in pricing.toml
     from meterproxy.reports.unpriced import unpriced_models  # only this command reads the ledger's models
 
     if file is not None and not file.exists():
@@ -86,6 +86,8 @@ def pricing_check(home: Home, file: Path | None, against: str | None, as_json: b
 
 
 def _check_against_genai(table: PriceTable) -> None:
+    from meterproxy.pricing import genai
+
     version = genai.version()
     if version is None:
         raise MeterproxyError("genai-prices is not installed (pip install genai-prices)")
@@ -107,6 +109,8 @@ def _check_against_genai(table: PriceTable) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the match and every period's rates as JSON.")
 def pricing_show(home: Home, model: str, provider: str, when: str | None, as_json: bool) -> None:
     """Show the rates MODEL is priced at, and why they match."""
+    from meterproxy.pricing import genai  # the wide net: only when a model is not in pricing.toml
+
     at = options.when(when) if when else options.now().astimezone()
     table = PriceTable.load(options.existing(home).pricing_file)
     price = table.price(provider.lower(), model, at_utc(at.timestamp()))

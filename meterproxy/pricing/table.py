@@ -36,7 +36,6 @@ from typing import Any, Literal
 
 from meterproxy.errors import MeterproxyError
 from meterproxy.money import to_picousd
-from meterproxy.pricing import genai
 from meterproxy.pricing.file import (
     LOCAL_PROVIDERS,
     Fees,
@@ -448,6 +447,8 @@ class PriceTable:
         """The cost genai-prices gives a model this table lacks (None: it does not know it either)."""
         if not self.wide_net or not model or billing.parts:
             return None
+        from meterproxy.pricing import genai  # only for models this table lacks: `pricing show` starts faster
+
         found = genai.price(provider, model, when, usage)
         if found is None:
             return None
