@@ -109,11 +109,11 @@ def _check_against_genai(table: PriceTable) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the match and every period's rates as JSON.")
 def pricing_show(home: Home, model: str, provider: str, when: str | None, as_json: bool) -> None:
     """Show the rates MODEL is priced at, and why they match."""
-    from meterproxy.pricing import genai  # the wide net: only when a model is not in pricing.toml
-
     at = options.when(when) if when else options.now().astimezone()
     table = PriceTable.load(options.existing(home).pricing_file)
     price = table.price(provider.lower(), model, at_utc(at.timestamp()))
+    if price is None:
+        from meterproxy.pricing import genai  # the wide net: only for a model pricing.toml lacks
     if price is None and (wide := genai.find(provider.lower(), model)) is not None:
         rates = {k: format(v.normalize(), "f") for k, v in wide.rates_at(at_utc(at.timestamp())).items() if v is not None}
         if as_json:
