@@ -259,6 +259,11 @@ usd = 0.001
         "agents.marcus.daily_usd", "each_agent[bob].daily_usd", "each_session[s1].usd"]
     calls = proxy.calls_json()
     assert sum(c["outcome"] == "blocked" for c in calls) == 3
-    status = {s["budget"]: s["status"] for s in budgets_of(proxy)}
+    deadline = time.monotonic() + 5  # the proxy rewrites its live view at most every 0.25 s (budgets/live.py)
+    while True:
+        status = {s["budget"]: s["status"] for s in budgets_of(proxy)}
+        if status.get("each_session[s2].usd") == "over" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert status["agents.marcus.daily_usd"] == "over" and status["each_agent[carol].daily_usd"] == "ok"
     assert status["each_session[s1].usd"] == "over" and status["each_session[s2].usd"] == "over"
