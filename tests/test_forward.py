@@ -6,9 +6,9 @@ second) and deliver them with the real sender; tests/test_forward_e2e.py runs th
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
-import itertools
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from meterproxy.app.wiring import attach_outbox
+from meterproxy.app.recording import attach_outbox
 from meterproxy.config import Config, ForwardSettings, Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.writer import LedgerWriter

@@ -347,7 +347,7 @@ class MeterAddon:
         if not ex.ended_at:
             ex.ended_at = time.time()
         if self.pipeline is not None:
-            self.pipeline.writer.submit(ex)
+            self.pipeline.submit(ex)
 
     def in_flight(self) -> int:
         """Metered calls still in progress (for a graceful shutdown)."""
