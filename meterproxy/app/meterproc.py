@@ -133,11 +133,13 @@ class MeterProcess:
         return self._written_before + self._counters["written"]
 
     def status(self) -> dict[str, Any]:
-        """Calls written and given up on, calls not in the ledger yet, why writing fails (or None)."""
+        """Calls written and given up on, calls not in the ledger yet, why writing fails (or None),
+        and the meter process's pid (the fields of ``proxy.json``)."""
         counters = self._counters
         backlog = counters["backlog"] + self._queue.qsize() + len(self._unacked)
+        proc = self._proc
         return {"calls": self.written, "failed": counters["failed"], "writer_backlog": backlog,
-                "writer_error": counters["error"]}
+                "writer_error": counters["error"], "meter_pid": proc.pid if proc is not None else None}
 
     def reload_prices(self) -> None:
         """Ask the meter process to reload pricing.toml before it prices the next call."""
