@@ -180,6 +180,8 @@ class Bench:
         proxies = {"direct": None, "mitmdump": f"http://127.0.0.1:{mitm_port}", "meterproxy": self.meterproxy.url}
         self.clients = {(path, h2): load.client(proxies[path], verify, h2) for path in PATHS for h2 in (False, True)}
         self.pids = {"mitmdump": self.mitmdump.pid, "meterproxy": self.meterproxy.proc.pid}
+        self.meter_pid: int = json.loads((work / "home" / "proxy.json").read_text())["meter_pid"]
+        """meterproxy's meter process: its CPU counts as meterproxy's."""
         self.metered = 0
         """Requests sent through meterproxy: each must end up as a ledger row."""
         self.ledger_lag: list[float] = []
@@ -188,15 +190,15 @@ class Bench:
         return f"https://localhost:{self.ports[scenario.provider == 'anthropic']}"
 
     async def segment(self, path: str, scenario: Scenario, seconds: float) -> Stats:
-        pid = self.pids.get(path)
-        cpu_before = cpu_seconds(pid) if pid else 0.0
+        pids = [self.pids[path], self.meter_pid] if path == "meterproxy" else [self.pids[path]] if path in self.pids else []
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
         stats = await load.run(self.clients[path, scenario.http2], self.base_url(scenario), scenario, seconds)
         if path == "meterproxy":
             self.metered += stats.started
             # Counted until the ledger caught up, so the writer's deferred work is in the CPU figure.
             self.ledger_lag.append(await wait_rows(self.meterproxy.ledger, self.metered))
-        if pid:
-            stats.cpu_seconds = cpu_seconds(pid) - cpu_before
+        if pids:
+            stats.cpu_seconds = sum(cpu_seconds(pid) for pid in pids) - cpu_before
         return stats
 
     async def scenario(self, scenario: Scenario) -> dict[str, Any]:
@@ -322,6 +324,7 @@ async def run(mode: Mode, work: Path, meterproxy_args: Sequence[str] = ()) -> di
     try:
         await asyncio.sleep(2)  # idle: what each proxy holds before its first call
         result["rss_at_start_mib"] = {path: round(memory_mib(pid)["rss"], 1) for path, pid in bench.pids.items()}
+        result["rss_at_start_mib"]["meter_process"] = round(memory_mib(bench.meter_pid)["rss"], 1)
         for scenario in scenarios(mode):
             result["scenarios"][scenario.name] = await bench.scenario(scenario)
             result["load_average"][scenario.name] = os.getloadavg()
