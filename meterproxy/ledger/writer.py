@@ -116,7 +116,7 @@ class LedgerWriter:
         except OSError as e:
             log.warning("cannot use the journal in %s (%s): calls wait in memory only", self.spool_dir, e)
         if left := sum(self._spools.values()):
-            log.warning("writing %d calls left in %s by a proxy that stopped", left, self.spool_dir)
+            log.warning("writing %d calls left in %s by a meter process that stopped", left, self.spool_dir)
         self._thread.start()
 
     def submit(self, exchange: Exchange) -> None:
