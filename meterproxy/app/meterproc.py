@@ -42,8 +42,8 @@ log = logging.getLogger("meterproxy")
 
 GATHER = 0.02
 """Seconds between hand-offs while calls keep coming (one GIL switch per batch, not per call)."""
-READY_WAIT = 60.0
-"""Seconds the meter process may take to open the ledger and say it is ready."""
+READY_WAIT = 300.0
+"""Seconds the meter process may take to open (and migrate) the ledger and say it is ready."""
 STOP_WAIT = 120.0
 """Seconds :meth:`MeterProcess.close` waits for the meter process to write everything and exit."""
 RESTART_FIRST, RESTART_MAX = 0.5, 30.0

@@ -178,8 +178,8 @@ class _Ready:
 
 
 def _tune_process() -> None:
-    # The writer thread holds the GIL while it meters a few calls; a shorter switch interval
-    # bounds how long it can keep the event loop waiting.
+    # The proxy's own threads (the hand-off to the meter process, the stream counter) hold the
+    # GIL for short turns; a shorter switch interval bounds how long they keep the event loop waiting.
     sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
     # What startup built (modules, redaction rules, prices) lives as long as the proxy: out of
     # the collector's sight, a full collection scans only what came since, and pauses the

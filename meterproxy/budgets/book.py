@@ -9,6 +9,10 @@ step, swaps each call's reservation for its real cost inside the transaction tha
 and writes an alert row the first time a budget reaches a level in a window (the ``alerts``
 table's key makes it once, across restarts). :meth:`BudgetBook.seed` loads the spend of the
 current windows from the ledger at start, so a restart loses nothing.
+
+A proxy runs two books: its own checks and reserves, and takes each recorded call's cost from the
+meter process's reports (:meth:`BudgetBook.apply` without alerts); the meter process's book
+settles inside the transaction and raises the alerts.
 """
 
 from __future__ import annotations
