@@ -73,6 +73,7 @@ def scenarios(mode: Mode) -> list[Scenario]:
         Scenario("json", "OpenAI JSON (2 KiB), HTTP/1.1, 20 concurrent clients, keep-alive", "openai"),
         Scenario("json_serial", "OpenAI JSON (2 KiB), HTTP/1.1, 1 client, keep-alive", "openai", concurrency=1),
         Scenario("json_h2", "Anthropic JSON (2 KiB), HTTP/2, 20 concurrent streams", "anthropic", http2=True),
+        Scenario("json_serial_h2", "Anthropic JSON (2 KiB), HTTP/2, 1 client", "anthropic", http2=True, concurrency=1),
         Scenario("sse", f"OpenAI SSE, HTTP/1.1, 10 concurrent, {mode.chunks} events "
                  f"{mode.interval_ms:g} ms apart", "openai", **stream),
         Scenario("sse_h2", f"Anthropic SSE, HTTP/2, 10 concurrent, {mode.chunks} events "
@@ -205,14 +206,19 @@ class Bench:
         for path in PATHS:
             await self.segment(path, scenario, self.mode.warmup)
         totals = {path: Stats() for path in PATHS}
+        rounds = []
         for round_ in range(self.mode.rounds):
             turn = round_ % len(PATHS)
+            this_round = {}
             for path in PATHS[turn:] + PATHS[:turn]:
-                totals[path].merge(await self.segment(path, scenario, self.mode.segment))
+                stats = await self.segment(path, scenario, self.mode.segment)
+                this_round[path] = figures(stats)
+                totals[path].merge(stats)
                 await asyncio.sleep(0.2)
+            rounds.append({path: {"req_per_s": f["req_per_s"], **f["latency_ms"]} for path, f in this_round.items()})
         return {"description": scenario.description, "concurrency": scenario.concurrency,
                 "http2": scenario.http2, "stream": scenario.stream,
-                **{path: figures(totals[path]) for path in PATHS}}
+                **{path: figures(totals[path]) for path in PATHS}, "rounds": rounds}
 
     async def big_stream(self) -> dict[str, Any]:
         """One client streams ``mode.big_stream`` bytes through each path; the proxy's peak RSS.
