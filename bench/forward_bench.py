@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from meterproxy.app.wiring import attach_outbox  # noqa: E402
+from meterproxy.app.recording import attach_outbox  # noqa: E402
 from meterproxy.config import ForwardSettings, Home  # noqa: E402
 from meterproxy.ledger.writer import LedgerWriter  # noqa: E402
 from meterproxy.meter.record import Meter  # noqa: E402

@@ -73,6 +73,7 @@ def scenarios(mode: Mode) -> list[Scenario]:
         Scenario("json", "OpenAI JSON (2 KiB), HTTP/1.1, 20 concurrent clients, keep-alive", "openai"),
         Scenario("json_serial", "OpenAI JSON (2 KiB), HTTP/1.1, 1 client, keep-alive", "openai", concurrency=1),
         Scenario("json_h2", "Anthropic JSON (2 KiB), HTTP/2, 20 concurrent streams", "anthropic", http2=True),
+        Scenario("json_serial_h2", "Anthropic JSON (2 KiB), HTTP/2, 1 client", "anthropic", http2=True, concurrency=1),
         Scenario("sse", f"OpenAI SSE, HTTP/1.1, 10 concurrent, {mode.chunks} events "
                  f"{mode.interval_ms:g} ms apart", "openai", **stream),
         Scenario("sse_h2", f"Anthropic SSE, HTTP/2, 10 concurrent, {mode.chunks} events "
@@ -180,6 +181,8 @@ class Bench:
         proxies = {"direct": None, "mitmdump": f"http://127.0.0.1:{mitm_port}", "meterproxy": self.meterproxy.url}
         self.clients = {(path, h2): load.client(proxies[path], verify, h2) for path in PATHS for h2 in (False, True)}
         self.pids = {"mitmdump": self.mitmdump.pid, "meterproxy": self.meterproxy.proc.pid}
+        self.meter_pid: int = json.loads((work / "home" / "proxy.json").read_text())["meter_pid"]
+        """meterproxy's meter process: its CPU counts as meterproxy's."""
         self.metered = 0
         """Requests sent through meterproxy: each must end up as a ledger row."""
         self.ledger_lag: list[float] = []
@@ -188,29 +191,34 @@ class Bench:
         return f"https://localhost:{self.ports[scenario.provider == 'anthropic']}"
 
     async def segment(self, path: str, scenario: Scenario, seconds: float) -> Stats:
-        pid = self.pids.get(path)
-        cpu_before = cpu_seconds(pid) if pid else 0.0
+        pids = [self.pids[path], self.meter_pid] if path == "meterproxy" else [self.pids[path]] if path in self.pids else []
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
         stats = await load.run(self.clients[path, scenario.http2], self.base_url(scenario), scenario, seconds)
         if path == "meterproxy":
             self.metered += stats.started
             # Counted until the ledger caught up, so the writer's deferred work is in the CPU figure.
             self.ledger_lag.append(await wait_rows(self.meterproxy.ledger, self.metered))
-        if pid:
-            stats.cpu_seconds = cpu_seconds(pid) - cpu_before
+        if pids:
+            stats.cpu_seconds = sum(cpu_seconds(pid) for pid in pids) - cpu_before
         return stats
 
     async def scenario(self, scenario: Scenario) -> dict[str, Any]:
         for path in PATHS:
             await self.segment(path, scenario, self.mode.warmup)
         totals = {path: Stats() for path in PATHS}
+        rounds = []
         for round_ in range(self.mode.rounds):
             turn = round_ % len(PATHS)
+            this_round = {}
             for path in PATHS[turn:] + PATHS[:turn]:
-                totals[path].merge(await self.segment(path, scenario, self.mode.segment))
+                stats = await self.segment(path, scenario, self.mode.segment)
+                this_round[path] = figures(stats)
+                totals[path].merge(stats)
                 await asyncio.sleep(0.2)
+            rounds.append({path: {"req_per_s": f["req_per_s"], **f["latency_ms"]} for path, f in this_round.items()})
         return {"description": scenario.description, "concurrency": scenario.concurrency,
                 "http2": scenario.http2, "stream": scenario.stream,
-                **{path: figures(totals[path]) for path in PATHS}}
+                **{path: figures(totals[path]) for path in PATHS}, "rounds": rounds}
 
     async def big_stream(self) -> dict[str, Any]:
         """One client streams ``mode.big_stream`` bytes through each path; the proxy's peak RSS.
@@ -322,6 +330,7 @@ async def run(mode: Mode, work: Path, meterproxy_args: Sequence[str] = ()) -> di
     try:
         await asyncio.sleep(2)  # idle: what each proxy holds before its first call
         result["rss_at_start_mib"] = {path: round(memory_mib(pid)["rss"], 1) for path, pid in bench.pids.items()}
+        result["rss_at_start_mib"]["meter_process"] = round(memory_mib(bench.meter_pid)["rss"], 1)
         for scenario in scenarios(mode):
             result["scenarios"][scenario.name] = await bench.scenario(scenario)
             result["load_average"][scenario.name] = os.getloadavg()

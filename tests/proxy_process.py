@@ -21,7 +21,7 @@ class ProxyProcess:
     """``python -m meterproxy start`` on a free loopback port, with its output collected."""
 
     def __init__(self, home: Path, routes: Sequence[str] = (), upstream_ca: Path | None = None,
-                 extra_args: Sequence[str] = (), env: dict[str, str] | None = None):
+                 extra_args: Sequence[str] = (), env: dict[str, str] | None = None, new_session: bool = False):
         self.home = home
         args = [sys.executable, "-m", "meterproxy", "start", "--home", str(home), "--port", "0"]
         for route in routes:
@@ -31,7 +31,8 @@ class ProxyProcess:
         args += list(extra_args)
         environment = os.environ | {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"} | (env or {})
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, text=True
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, text=True,
+            start_new_session=new_session,  # its own process group, for signals sent to a whole group
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []

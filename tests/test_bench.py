@@ -55,7 +55,8 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     # MiB: a Python process with mitmproxy loaded holds tens to hundreds of MiB, so a figure under
     # 10 or over 65536 is in the wrong unit or not a reading. (Memory targets are judged in bench/.)
     assert "rss_before_mib" not in result["big_stream"]["direct"]
-    assert set(result["rss_at_start_mib"]) == {"mitmdump", "meterproxy"}
+    assert set(result["rss_at_start_mib"]) == {"mitmdump", "meterproxy", "meter_process"}
+    assert 5 < result["rss_at_start_mib"]["meter_process"] < 65536
     for path in ("mitmdump", "meterproxy"):
         memory = result["big_stream"][path]
         assert 10 < result["rss_at_start_mib"][path] < 65536, (path, result["rss_at_start_mib"])

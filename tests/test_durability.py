@@ -104,7 +104,7 @@ class FullDisk:
         self.home = home
         self.mounted = False
         self.filler = home / "filler"
-        self.pid: int | None = None
+        self.pids: list[int] = []
 
     def mount(self) -> None:
         """Put the home on a 4 MB tmpfs if this process may mount one."""
@@ -123,16 +123,18 @@ class FullDisk:
                 except OSError:
                     pass
             os.close(fd)
-        else:  # no mount allowed: no file of the proxy may grow any more
-            self.pid = proxy.proc.pid
+        else:  # no mount allowed: no file of the proxy (its meter process writes the ledger) may grow any more
+            self.pids = [proxy.proc.pid, json.loads((self.home / "proxy.json").read_text())["meter_pid"]]
             biggest = max(p.stat().st_size for p in self.home.rglob("*") if p.is_file())
-            resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (biggest, resource.RLIM_INFINITY))
+            for pid in self.pids:
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (biggest, resource.RLIM_INFINITY))
 
     def free(self) -> None:
         if self.mounted:
             self.filler.unlink()
-        elif self.pid is not None:
-            resource.prlimit(self.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        else:
+            for pid in self.pids:
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
     def unmount(self) -> None:
         if self.mounted:

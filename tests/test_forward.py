@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from meterproxy.app.wiring import attach_outbox
+from meterproxy.app.recording import attach_outbox
 from meterproxy.config import Config, ForwardSettings, Home
 from meterproxy.errors import MeterproxyError
 from meterproxy.ledger.writer import LedgerWriter

@@ -1,4 +1,4 @@
-"""The mitmproxy addon: watch metered flows on the event loop, hand them to the writer.
+"""The mitmproxy addon: watch metered flows on the event loop, hand them to the meter process.
 
 Every hook here runs on mitmproxy's event loop and does O(1) work per call or chunk: it takes
 references, never parses bodies and never touches the disk. TLS to hosts without a route is
@@ -332,7 +332,7 @@ class MeterAddon:
         if state.tap is not None:
             ex.first_byte_at = state.tap.first_byte_at
             ex.response_bytes = state.tap.wire_bytes
-            ex.response = state.tap  # joined later, on the writer thread
+            ex.response = state.tap  # joined later, off the event loop (the hand-off thread)
         elif flow.response is not None and flow.response.raw_content:
             # Not streamed (e.g. a response an addon set): small and already in memory.
             ex.response = ResponseTap(ex.response_headers.get("content-encoding", ""), live=False)
@@ -347,7 +347,7 @@ class MeterAddon:
         if not ex.ended_at:
             ex.ended_at = time.time()
         if self.pipeline is not None:
-            self.pipeline.writer.submit(ex)
+            self.pipeline.submit(ex)
 
     def in_flight(self) -> int:
         """Metered calls still in progress (for a graceful shutdown)."""

@@ -139,7 +139,7 @@ async def _serve(spec: ProxySpec, on_ready: Callable[[str, int], None]) -> int:
     finally:
         for keeper in keepers:
             keeper.stop()
-    written = meter.pipeline.writer.written if meter.pipeline else 0
+    written = meter.pipeline.recorder.written if meter.pipeline else 0
     print(f"meterproxy stopped: {written} records written to {spec.home.ledger}", file=sys.stderr)
     return 0
 
@@ -156,17 +156,10 @@ async def _drain_and_stop(proxy: master.Master, meter: MeterAddon, grace: float)
 
 
 def live_counters(meter: MeterAddon) -> dict[str, object]:
-    """The writer's and the addon's counters for ``proxy.json`` (read from the state thread)."""
-    writer = meter.pipeline.writer if meter.pipeline else None
-    if writer is None:
+    """The meter process's and the addon's counters for ``proxy.json`` (read from the state thread)."""
+    if meter.pipeline is None:
         return {}
-    return {
-        "calls": writer.written,
-        "failed": writer.failed,
-        "writer_backlog": writer.backlog,
-        "writer_error": writer.last_error,
-        "in_flight": meter.in_flight(),
-    }
+    return meter.pipeline.recorder.status() | {"in_flight": meter.in_flight()}
 
 
 class _Ready:
@@ -185,8 +178,8 @@ class _Ready:
 
 
 def _tune_process() -> None:
-    # The writer thread holds the GIL while it meters a few calls; a shorter switch interval
-    # bounds how long it can keep the event loop waiting.
+    # The proxy's own threads (the hand-off to the meter process, the stream counter) hold the
+    # GIL for short turns; a shorter switch interval bounds how long they keep the event loop waiting.
     sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
     # What startup built (modules, redaction rules, prices) lives as long as the proxy: out of
     # the collector's sight, a full collection scans only what came since, and pauses the

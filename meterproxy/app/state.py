@@ -57,6 +57,8 @@ class ProxyState:
     writer_error: str | None = None
     in_flight: int = 0
     """Metered calls in progress."""
+    meter_pid: int | None = None
+    """The meter process (it meters each finished call and writes the ledger)."""
 
     @property
     def url(self) -> str:

@@ -9,6 +9,10 @@ step, swaps each call's reservation for its real cost inside the transaction tha
 and writes an alert row the first time a budget reaches a level in a window (the ``alerts``
 table's key makes it once, across restarts). :meth:`BudgetBook.seed` loads the spend of the
 current windows from the ledger at start, so a restart loses nothing.
+
+A proxy runs two books: its own checks and reserves, and takes each recorded call's cost from the
+meter process's reports (:meth:`BudgetBook.apply` without alerts); the meter process's book
+settles inside the transaction and raises the alerts.
 """
 
 from __future__ import annotations
@@ -235,26 +239,31 @@ class BudgetBook:
 
     def settle(self, db: Database, records: list[Record]) -> None:
         """A writer step: each call's reservation becomes its real cost; new alert levels are recorded."""
+        fired = self.apply([record.row for record in records if record.table == "calls"])
+        if fired:
+            self._record_alerts(db, fired)
+
+    def apply(self, rows: Iterable[dict[str, Any]], alerts: bool = True) -> list[dict[str, Any]]:
+        """Count ledger rows of ``calls`` as spent (releasing their reservations); the alerts of the
+        levels they reach for the first time (none with ``alerts=False``: another book raises them)."""
         fired: list[dict[str, Any]] = []
-        for record in records:
-            if record.table != "calls":
-                continue
-            row = record.row
+        for row in rows:
             with self._lock:
                 self.version += 1
                 hold = self._holds.pop(row["id"], None)
-                if hold is None:
+                if hold is None:  # reserved by no admit of this book (another process's, or before a restart)
                     hold = Hold(self._entries(self.clock.windows(), row.get("agent") or "unknown", row.get("session")))
+                    hold.refused = next((e for e in hold.entries if e.rule.name(e.scope) == row.get("budget")), None)
                 pico, tokens = self._cost(row)
                 for counter in _unique(hold.entries):
                     counter.reserved_pico -= hold.pico
                     counter.reserved_tokens -= hold.tokens
                     counter.spent_pico += pico
                     counter.spent_tokens += tokens
-                for entry in hold.entries:
-                    fired += self._levels(entry, blocked=entry is hold.refused)
-        if fired:
-            self._record_alerts(db, fired)
+                if alerts:
+                    for entry in hold.entries:
+                        fired += self._levels(entry, blocked=entry is hold.refused)
+        return fired
 
     def _cost(self, row: dict[str, Any]) -> tuple[int, int]:
         """(picodollars, tokens) a ledger row counts for: unpriced calls at ``unpriced_usd_per_mtok``."""

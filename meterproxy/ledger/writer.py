@@ -75,6 +75,8 @@ class LedgerWriter:
         """Called inside each batch's transaction, after the rows are inserted."""
         self.after_commit: list[Listener] = []
         """Called after each batch is committed (mirrors, notifications); errors are logged."""
+        self.after_journal: list[Listener] = []
+        """Called with fresh records once they are in the journal (safe from a kill of this process)."""
         self._queue: queue.SimpleQueue[Exchange | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="meterproxy-writer", daemon=True)
         self.written = 0
@@ -114,7 +116,7 @@ class LedgerWriter:
         except OSError as e:
             log.warning("cannot use the journal in %s (%s): calls wait in memory only", self.spool_dir, e)
         if left := sum(self._spools.values()):
-            log.warning("writing %d calls left in %s by a proxy that stopped", left, self.spool_dir)
+            log.warning("writing %d calls left in %s by a meter process that stopped", left, self.spool_dir)
         self._thread.start()
 
     def submit(self, exchange: Exchange) -> None:
@@ -196,8 +198,10 @@ class LedgerWriter:
         if self._journal is None:
             return
         try:
-            self._journal.append(self._unjournaled + records)
+            journaled = self._unjournaled + records
+            self._journal.append(journaled)
             self._unjournaled = []
+            self._notify(journaled, self.after_journal)
         except OSError as e:
             self._unjournaled += records
             self._failed_write(f"journal: {e}")
@@ -264,7 +268,7 @@ class LedgerWriter:
                 raise
             fresh = self._write_one_by_one(db, records, e)
         self.written += len(fresh)
-        self._notify(fresh)
+        self._notify(fresh, self.after_commit)
 
     def _commit(self, db: Database, records: list[Record]) -> list[Record]:
         with db.atomic():
@@ -295,12 +299,12 @@ class LedgerWriter:
                 self.failed += 1
         return written
 
-    def _notify(self, records: list[Record]) -> None:
-        for listener in self.after_commit:
+    def _notify(self, records: list[Record], listeners: list[Listener]) -> None:
+        for listener in listeners:
             try:
                 listener(records)
             except Exception:
-                log.exception("after-commit step %r failed", listener)
+                log.exception("step %r failed", listener)
 
     def _catch_up(self) -> None:
         """Call again the after-commit steps that wait to catch up, with no new calls."""

@@ -1,7 +1,7 @@
 """Delivering the ``otel_outbox`` table to an OpenTelemetry collector, OTLP/HTTP protobuf.
 
 An :class:`OtelSender` runs on its own thread in the proxy (woken after each commit, see
-:func:`meterproxy.app.wiring.attach_otel`): for each signal, it POSTs the oldest pending calls
+:func:`meterproxy.app.recording.attach_otel`): for each signal, it POSTs the oldest pending calls
 in batches (``batch_size`` spans, or the metrics of as many calls, per request) and marks them
 delivered once the collector has answered 2xx. Nothing of it runs on the event loop or the
 writer's thread, and nothing is deleted: what is not delivered stays pending in the ledger

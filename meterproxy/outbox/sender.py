@@ -1,7 +1,7 @@
 """Delivering the outbox to LockN Logger.
 
 A :class:`Sender` delivers the outbox: in the proxy on its own thread (woken after each commit,
-see :func:`meterproxy.app.wiring.attach_outbox`), or in the caller's thread for ``meterproxy forward``. One receipt per
+see :func:`meterproxy.app.recording.attach_outbox`), or in the caller's thread for ``meterproxy forward``. One receipt per
 ``POST``, with ``Idempotency-Key: <receiptId>``, so a receipt sent twice (a crash between the
 Logger's answer and our bookkeeping) is still stored once.
 

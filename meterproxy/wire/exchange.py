@@ -1,6 +1,6 @@
 """What the proxy hands to the meter: one request/response pair, as plain data.
 
-An :class:`Exchange` holds no mitmproxy objects, so the background writer can work on it
+An :class:`Exchange` holds no mitmproxy objects, so it can be pickled to the meter process
 while the proxy forgets the flow.
 """
 

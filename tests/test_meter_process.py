@@ -1,0 +1,104 @@
+"""The meter process: metering runs beside the proxy, survives its own death, and outlives a killed proxy
+only long enough to write what it was given."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from tests.proxy_process import ProxyProcess
+from tests.test_durability import assert_each_once, ledger_tasks, send_calls, wait_for
+
+
+def meter_pid(home: Path) -> int:
+    return json.loads((home / "proxy.json").read_text())["meter_pid"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_killed_meter_process_is_replaced_and_no_call_is_lost(upstream, start_proxy) -> None:
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    first = meter_pid(proxy.home)
+    assert first != proxy.proc.pid and alive(first)
+    finished: dict[str, float] = {}
+    tasks = [f"m-{i}" for i in range(300)]
+    load = threading.Thread(target=send_calls, args=(upstream, proxy, tasks, 10, finished), daemon=True)
+    load.start()
+    assert wait_for(lambda: len(finished) >= 60, 60)
+    os.kill(first, signal.SIGKILL)  # mid-load: calls are queued, in its pipe, in its memory
+    load.join(120)
+    assert len(finished) == len(tasks)  # the agents never noticed
+    assert wait_for(lambda: len(ledger_tasks(proxy.ledger)) >= len(tasks), 30), len(ledger_tasks(proxy.ledger))
+    assert_each_once(proxy.home, tasks)  # in the ledger and the JSONL mirror, once each
+    assert wait_for(lambda: meter_pid(proxy.home) != first, 5)
+    assert alive(meter_pid(proxy.home))
+    assert "the meter process exited" in proxy.output()
+    assert proxy.stop() == 0
+    assert "Traceback" not in proxy.output()
+
+
+def test_a_killed_proxy_leaves_its_meter_process_to_write_and_exit(upstream, start_proxy) -> None:
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    child = meter_pid(proxy.home)
+    tasks = [f"k-{i}" for i in range(40)]
+    send_calls(upstream, proxy, tasks, workers=4, stream=False)
+    time.sleep(0.2)  # the hand-off gathers for 20 ms: every finished call has crossed
+    proxy.proc.send_signal(signal.SIGKILL)
+    proxy.proc.wait(10)
+    assert wait_for(lambda: not alive(child), 30)  # its pipe closed: it wrote what it had and exited
+    assert sorted(ledger_tasks(proxy.ledger)) == sorted(tasks)
+
+
+def test_the_meter_process_is_stopped_with_the_proxy_after_writing_everything(upstream, start_proxy) -> None:
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    child = meter_pid(proxy.home)
+    tasks = [f"s-{i}" for i in range(30)]
+    send_calls(upstream, proxy, tasks, workers=6)
+    assert proxy.stop(signal.SIGTERM) == 0
+    assert not alive(child)
+    assert sorted(ledger_tasks(proxy.ledger)) == sorted(tasks)
+    assert f"{len(tasks)} records written" in proxy.output()
+
+
+def test_a_ctrl_c_to_the_whole_process_group_stops_the_proxy_cleanly(home, tmp_path, upstream, upstream_ca) -> None:
+    """A terminal's Ctrl-C reaches every process of the foreground group: the meter process is in
+    its own session, so the proxy alone decides when it stops (after writing everything)."""
+    ca_file = tmp_path / "upstream-ca.pem"
+    upstream_ca.cert_pem.write_to_path(str(ca_file))
+    proxy = ProxyProcess(home, [f"localhost:{upstream.port}=openai"], ca_file, new_session=True).wait_ready()
+    child = meter_pid(proxy.home)
+    send_calls(upstream, proxy, ["c-1", "c-2"], workers=2)
+    os.killpg(os.getpgid(proxy.proc.pid), signal.SIGINT)
+    assert proxy.proc.wait(30) == 0
+    assert not alive(child)
+    assert sorted(ledger_tasks(proxy.ledger)) == ["c-1", "c-2"]
+    assert "Traceback" not in proxy.output()
+
+
+def test_a_client_is_answered_while_the_meter_process_is_stopped(upstream, start_proxy) -> None:
+    """Metering never holds the traffic: with the meter process frozen, calls still go through,
+    and are recorded once it runs again."""
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    child = meter_pid(proxy.home)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        send_calls(upstream, proxy, [f"f-{i}" for i in range(20)], workers=5, stream=False)
+    except (openai.APIError, httpx.HTTPError) as e:  # pragma: no cover - the failure this test is about
+        raise AssertionError(f"a frozen meter process broke the traffic: {e}") from e
+    finally:
+        os.kill(child, signal.SIGCONT)
+    assert wait_for(lambda: len(ledger_tasks(proxy.ledger)) == 20, 30)
