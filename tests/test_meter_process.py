@@ -3,6 +3,7 @@ only long enough to write what it was given."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,7 +13,12 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
+from meterproxy.app import recording
+from meterproxy.app.meterproc import read_frame, write_frame
+from meterproxy.app.recording import HOLD_MAX, QUIET, Held
+from meterproxy.wire.exchange import Exchange
 from tests.proxy_process import ProxyProcess
 from tests.test_durability import assert_each_once, ledger_tasks, send_calls, wait_for
 
@@ -102,3 +108,54 @@ def test_a_client_is_answered_while_the_meter_process_is_stopped(upstream, start
     finally:
         os.kill(child, signal.SIGCONT)
     assert wait_for(lambda: len(ledger_tasks(proxy.ledger)) == 20, 30)
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, exchange) -> None:
+        self.submitted.append(exchange.id)
+
+
+def frame_of(*ids: str) -> bytes:
+    exchanges = [Exchange(id=i, provider="openai", scheme="https", host="api.openai.com", port=443, method="POST",
+                          path="/v1/chat/completions", query={}, request_headers={}, request_body=b"{}", started_at=0.0)
+                 for i in ids]
+    out = io.BytesIO()
+    write_frame(out, exchanges)
+    payload = read_frame(io.BytesIO(out.getvalue()))
+    assert payload is not None
+    return payload
+
+
+def test_held_calls_wait_for_a_pause_at_most_hold_max_seconds() -> None:
+    now = [100.0]
+    writer = FakeWriter()
+    held = Held(writer, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert held.wait() is None and not held.due()
+    held.add(frame_of("a", "b"))
+    assert not held.due() and held.wait() == pytest.approx(QUIET)
+    now[0] += QUIET  # a pause: metered at once
+    assert held.due()
+    held.submit()
+    assert writer.submitted == ["a", "b"] and held.wait() is None
+    # Calls keep coming, each before the pause: held, but never longer than HOLD_MAX.
+    for i in range(int(HOLD_MAX / (QUIET / 2)) + 5):
+        held.add(frame_of(f"c{i}"))
+        if held.due():
+            break
+        now[0] += QUIET / 2
+    assert held.due() and now[0] - 100.0 - QUIET <= HOLD_MAX + QUIET
+    held.submit()
+    assert len(writer.submitted) > 2 + HOLD_MAX / QUIET
+
+
+def test_held_frames_past_the_size_bound_are_metered_at_once(monkeypatch) -> None:
+    monkeypatch.setattr(recording, "HOLD_BYTES", 1000)
+    held = Held(FakeWriter(), clock=lambda: 0.0)  # type: ignore[arg-type]
+    held.add(frame_of("a"))
+    assert not held.due()
+    while held.size < 1000:
+        held.add(frame_of("b"))
+    assert held.due()

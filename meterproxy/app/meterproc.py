@@ -71,15 +71,17 @@ def write_frame(out: IO[bytes], exchanges: list[Exchange]) -> None:
     out.flush()
 
 
-def read_frame(stream: IO[bytes]) -> list[Exchange] | None:
-    """The next batch of exchanges, or None at the end of the stream."""
+def read_frame(stream: IO[bytes]) -> bytes | None:
+    """The next frame's payload (read it with :func:`load_frame`), or None at the end of the stream."""
     head = stream.read(FRAME.size)
     if len(head) < FRAME.size:
         return None
     (size,) = FRAME.unpack(head)
     payload = stream.read(size)
-    if len(payload) < size:
-        return None
+    return payload if len(payload) == size else None
+
+
+def load_frame(payload: bytes) -> list[Exchange]:
     return pickle.loads(payload)
 
 

@@ -14,13 +14,16 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from meterproxy.app.meterproc import NICENESS, read_frame
+from meterproxy.app.meterproc import NICENESS, load_frame, read_frame
 from meterproxy.app.wiring import Settings, storage_of
 from meterproxy.budgets.book import BudgetBook
 from meterproxy.config import Config, Home
@@ -151,6 +154,13 @@ def attach_otel(writer: LedgerWriter, home: Home, otlp: Otlp) -> OtelSender | No
 
 REPORT_EVERY = 0.25
 """Seconds between counter reports to the proxy (only when they changed)."""
+QUIET = 0.05
+"""Seconds without a new call after which the calls held are metered: light traffic is metered at once."""
+HOLD_MAX = 5.0
+"""Seconds a call may be held while calls keep coming: under heavy traffic, metering waits for a pause
+(its CPU slows the proxy even from another core), at most this long."""
+HOLD_BYTES = 64 * 1024 * 1024
+"""Held frames past this size are metered at once (memory stays bounded)."""
 COST_COLUMNS = ("id", "agent", "session", "cost_picousd", "input_tokens", "output_tokens", "budget")
 
 
@@ -202,13 +212,67 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     reporter = threading.Thread(target=_report, args=(recorder.writer, messages, stop), daemon=True)
     reporter.start()
-    while (batch := read_frame(sys.stdin.buffer)) is not None:
-        for exchange in batch:
-            recorder.writer.submit(exchange)
+    frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    threading.Thread(target=_read_frames, args=(sys.stdin.buffer, frames), daemon=True).start()
+    held = Held(recorder.writer)
+    while True:
+        try:
+            frame = frames.get(timeout=held.wait())
+        except queue.Empty:
+            frame = b""
+        if frame is None:
+            break
+        held.add(frame)
+        if held.due():
+            held.submit()
+    held.submit()
     recorder.close()
     stop.set()
     reporter.join()
     return 0
+
+
+def _read_frames(stream: IO[bytes], frames: queue.SimpleQueue[bytes | None]) -> None:
+    while (frame := read_frame(stream)) is not None:
+        frames.put(frame)
+    frames.put(None)
+
+
+class Held:
+    """Frames of finished calls waiting to be metered: while calls keep coming, for a pause
+    (``QUIET``) of at most ``HOLD_MAX`` seconds; the proxy keeps each call until it is journaled."""
+
+    def __init__(self, writer: LedgerWriter, clock: Callable[[], float] = time.monotonic):
+        self.writer = writer
+        self.clock = clock
+        self.frames: list[bytes] = []
+        self.size = 0
+        self.first_at = self.last_at = 0.0
+
+    def add(self, frame: bytes) -> None:
+        if not frame:
+            return
+        now = self.clock()
+        if not self.frames:
+            self.first_at = now
+        self.last_at = now
+        self.frames.append(frame)
+        self.size += len(frame)
+
+    def wait(self) -> float | None:
+        """Seconds until the held frames are due (None: nothing held)."""
+        if not self.frames:
+            return None
+        return max(0.0, min(self.last_at + QUIET, self.first_at + HOLD_MAX) - self.clock())
+
+    def due(self) -> bool:
+        return bool(self.frames) and (self.wait() == 0.0 or self.size >= HOLD_BYTES)
+
+    def submit(self) -> None:
+        for frame in self.frames:
+            for exchange in load_frame(frame):
+                self.writer.submit(exchange)
+        self.frames, self.size = [], 0
 
 
 def _report(writer: LedgerWriter, messages: _Messages, stop: threading.Event) -> None:
