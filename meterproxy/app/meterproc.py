@@ -182,12 +182,11 @@ class MeterProcess:
     def _send(self, batch: list[Exchange]) -> None:
         proc = self._proc
         try:
-            assert proc is not None and proc.stdin is not None
+            if proc is None or proc.stdin is None:
+                raise OSError("no meter process")
             write_frame(proc.stdin, batch)
-        except (OSError, ValueError, AssertionError):
+        except (OSError, ValueError):
             self._revive()  # it died: a new one gets every call not yet safe, this batch included
-        except Exception:
-            log.exception("cannot hand %d calls to the meter process", len(batch))
 
     def _stop_child(self) -> None:
         """Close the pipe and wait for the meter process to write everything; start it again if it dies first."""
@@ -214,11 +213,13 @@ class MeterProcess:
                 return
             log.error("the meter process exited with %s before it had %d calls: starting it again",
                       code, len(self._unacked))
-            self._revive()
+            if not self._revive(attempts=3):
+                break
         log.error("%d calls could not be recorded: the meter process keeps failing", len(self._unacked))
 
-    def _revive(self) -> None:
-        """Replace a dead meter process and give the new one every call not yet safe."""
+    def _revive(self, attempts: int | None = None) -> bool:
+        """Replace a dead meter process and give the new one every call not yet safe; False when
+        ``attempts`` tries to start one failed (None: keep trying)."""
         old = self._proc
         if old is not None:
             if old.poll() is None:
@@ -230,23 +231,25 @@ class MeterProcess:
             self._counters = self._counters | {"written": 0}
             log.error("the meter process exited with %s: starting a new one", old.returncode)
         delay = RESTART_FIRST
-        while True:
+        tries = 0
+        while attempts is None or tries < attempts:
+            tries += 1
             try:
-                self._spawn()
+                proc = self._spawn()
                 with self._lock:
                     pending = list(self._unacked.values())
-                if pending:
-                    assert self._proc is not None and self._proc.stdin is not None
-                    write_frame(self._proc.stdin, pending)
-                return
+                if pending and proc.stdin is not None:
+                    write_frame(proc.stdin, pending)
+                return True
             except (MeterproxyError, OSError, ValueError) as e:
                 log.error("cannot start the meter process (%s): retrying in %.1f s", e, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, RESTART_MAX)
+        return False
 
     # --- the meter process ----------------------------------------------------------------
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         package_root = str(Path(__file__).resolve().parents[2])
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         level = logging.getLogger("meterproxy").getEffectiveLevel()
@@ -269,6 +272,7 @@ class MeterProcess:
         self._proc = proc
         self._reader = threading.Thread(target=self._read, args=(proc,), name="meterproxy-recorded", daemon=True)
         self._reader.start()
+        return proc
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
         """What the meter process reports, until it exits (then, unless closing, a new one is started)."""
