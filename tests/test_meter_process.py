@@ -159,3 +159,18 @@ def test_held_frames_past_the_size_bound_are_metered_at_once(monkeypatch) -> Non
     while held.size < 1000:
         held.add(frame_of("b"))
     assert held.due()
+
+
+def test_a_terminated_meter_process_writes_what_it_holds_and_is_replaced(upstream, start_proxy) -> None:
+    proxy = start_proxy(f"localhost:{upstream.port}=openai")
+    first = meter_pid(proxy.home)
+    tasks = [f"t-{i}" for i in range(20)]
+    send_calls(upstream, proxy, tasks, workers=4, stream=False)
+    os.kill(first, signal.SIGTERM)
+    assert wait_for(lambda: not alive(first), 30)
+    assert "Traceback" not in proxy.output()
+    send_calls(upstream, proxy, ["after"], workers=1, stream=False)  # the proxy started a new one
+    assert wait_for(lambda: len(ledger_tasks(proxy.ledger)) == len(tasks) + 1, 30)
+    assert sorted(ledger_tasks(proxy.ledger)) == sorted([*tasks, "after"])  # each once
+    assert wait_for(lambda: meter_pid(proxy.home) != first, 5)  # proxy.json is rewritten every second
+    assert proxy.stop() == 0 and "Traceback" not in proxy.output()

@@ -213,6 +213,7 @@ def main(argv: list[str]) -> int:
     reporter = threading.Thread(target=_report, args=(recorder.writer, messages, stop), daemon=True)
     reporter.start()
     frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    signal.signal(signal.SIGTERM, lambda *_: frames.put(None))  # write what was given, then exit
     threading.Thread(target=_read_frames, args=(sys.stdin.buffer, frames), daemon=True).start()
     held = Held(recorder.writer)
     while True:
@@ -270,7 +271,12 @@ class Held:
 
     def submit(self) -> None:
         for frame in self.frames:
-            for exchange in load_frame(frame):
+            try:
+                exchanges = load_frame(frame)
+            except Exception:  # a bug, not a fault: the other frames still go
+                log.exception("cannot read %d bytes of calls from the proxy", len(frame))
+                continue
+            for exchange in exchanges:
                 self.writer.submit(exchange)
         self.frames, self.size = [], 0
 
