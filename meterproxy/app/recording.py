@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from meterproxy.app.meterproc import NICENESS, load_frame, read_frame
 from meterproxy.app.wiring import Settings, storage_of
@@ -33,15 +33,17 @@ from meterproxy.ledger.mirror import JsonlMirror
 from meterproxy.ledger.writer import LedgerWriter
 from meterproxy.meter.record import Meter, Record
 from meterproxy.meter.storage import Storage
-from meterproxy.outbox.alerts import AlertSender
 from meterproxy.outbox.otel import EXTRA_HINT, OtelOutbox, Otlp, extra_installed
-from meterproxy.outbox.otel_sender import OtelSender
 from meterproxy.outbox.receipt import Outbox
-from meterproxy.outbox.sender import Sender
 from meterproxy.outbox.settings import Forwarding
 from meterproxy.pricing.reload import PriceFile
 from meterproxy.pricing.table import PriceTable
 from meterproxy.redact.logs import redact_logs
+
+if TYPE_CHECKING:
+    from meterproxy.outbox.alerts import AlertSender
+    from meterproxy.outbox.otel_sender import OtelSender
+    from meterproxy.outbox.sender import Sender
 
 log = logging.getLogger("meterproxy")
 
@@ -107,6 +109,8 @@ def attach_outbox(writer: LedgerWriter, home: Home, forwarding: Forwarding) -> S
     """Queue a receipt with each call ``writer`` records and return their (unstarted) sender; None when off."""
     if not forwarding.enabled:
         return None
+    from meterproxy.outbox.sender import Sender  # HTTP and TLS (about 7 MiB) only for a destination
+
     sender = Sender(home, forwarding)
     writer.in_transaction.append(Outbox(forwarding))
     writer.after_commit.append(sender.wake)
@@ -123,9 +127,12 @@ def attach_budgets(
     if book is None:
         return None, None
     writer.in_transaction.append(book.settle)
-    alerts = AlertSender(home, config.alerts) if webhook else None
-    if alerts is not None:
-        writer.after_commit.append(alerts.wake)
+    if not webhook:
+        return book, None
+    from meterproxy.outbox.alerts import AlertSender
+
+    alerts = AlertSender(home, config.alerts)
+    writer.after_commit.append(alerts.wake)
     return book, alerts
 
 
@@ -143,6 +150,8 @@ def attach_otel(writer: LedgerWriter, home: Home, otlp: Otlp) -> OtelSender | No
         log.warning("OpenTelemetry export needs the otel extra: %s (calls are queued in the ledger until then)",
                     EXTRA_HINT)
         return None
+    from meterproxy.outbox.otel_sender import OtelSender
+
     sender = OtelSender(home, otlp)
     writer.after_commit.append(sender.wake)
     return sender
