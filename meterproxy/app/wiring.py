@@ -81,6 +81,7 @@ class Pipeline:
         storage = storage_of(settings.store or config.storage.store, config)
         upstream_ca = settings.upstream_ca or config.proxy.upstream_ca
         bundle = _upstream_bundle(home, Path(upstream_ca).expanduser()) if upstream_ca else None
+        # Checked here so that a bad setting fails the start in one line (the meter process uses them).
         Forwarding.resolve(config, os.environ, settings.forward, settings.forward_previews, store_policy=storage.policy)
         Otlp.resolve(config, os.environ)
         budgets = None
