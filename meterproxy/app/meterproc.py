@@ -25,9 +25,11 @@ import pickle
 import queue
 import select
 import signal
+import site
 import struct
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
@@ -97,6 +99,13 @@ def finished(exchange: Exchange) -> Exchange:
         except Exception:
             exchange.client_process = None
     return exchange
+
+
+def _default_paths() -> set[str]:
+    """Where this interpreter finds installed packages without PYTHONPATH."""
+    paths = sysconfig.get_paths()
+    return {str(Path(paths[key]).resolve()) for key in ("purelib", "platlib")} | {
+        str(Path(site.getusersitepackages()).resolve())}
 
 
 class MeterProcess:
@@ -250,8 +259,10 @@ class MeterProcess:
     # --- the meter process ----------------------------------------------------------------
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
-        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        if package_root not in _default_paths():  # a source checkout: the child must find it too
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         level = logging.getLogger("meterproxy").getEffectiveLevel()
         proc = subprocess.Popen(
             [sys.executable, "-m", "meterproxy.app.recording", json.dumps(self.args), str(level)],
