@@ -22,13 +22,10 @@ import gzip
 import http.client
 import json
 import logging
-import os
 import random
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlite_utils import Database
 
@@ -38,7 +35,7 @@ from meterproxy.errors import MeterproxyError
 from meterproxy.files import locked
 from meterproxy.ledger.db import connect
 from meterproxy.outbox.otel import EXTRA_HINT, Otlp
-from meterproxy.outbox.sender import _STALE_CONNECTION, KEPT_BODY, _describe, _retry_after
+from meterproxy.outbox.sender import KEPT_BODY, KeptAlive, _describe, _retry_after
 from meterproxy.outbox.thread import DeliveryThread
 from meterproxy.times import iso_utc
 
@@ -211,61 +208,29 @@ class _Http:
     def __init__(self, otlp: Otlp, signal: str):
         self.otlp = otlp
         self.signal = signal
-        parts = urlsplit(otlp.urls[signal])
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._conn = KeptAlive(otlp.urls[signal], otlp.settings.timeout, otlp.settings.certificate, "collector's CA")
         self._gzip = otlp.settings.compression == "gzip"
         self._headers = otlp.headers | {
             "content-type": "application/x-protobuf", "user-agent": f"meterproxy/{__version__}",
         }
         if self._gzip:
             self._headers["content-encoding"] = "gzip"
-        self._conn: http.client.HTTPConnection | None = None
 
     def post(self, body: bytes) -> Answer:
         if self._gzip:
             body = gzip.compress(body, compresslevel=5)
-        timeout = self.otlp.settings.timeout
-        while True:
-            reused = self._conn is not None
-            try:
-                conn = self._conn or self._connect(timeout)
-                conn.request("POST", self._target, body, self._headers)
-                response = conn.getresponse()
-                data = response.read(KEPT_BODY * 16)
-                if not response.isclosed():
-                    self.close()
-                break
-            except (OSError, http.client.HTTPException) as e:
-                self.close()
-                if reused and isinstance(e, _STALE_CONNECTION):
-                    continue  # the collector closed an idle kept-alive connection: not a failure
-                return Answer(None, self.otlp.scrub(_describe(e, timeout)))
+        try:
+            response, data = self._conn.post(body, self._headers, KEPT_BODY * 16)
+        except (OSError, http.client.HTTPException) as e:
+            return Answer(None, self.otlp.scrub(_describe(e, self._conn.timeout)))
         answer = Answer(response.status, body=data)
         if answer.outcome != "delivered":
             answer.error = f"HTTP {response.status}"
             answer.retry_after = _retry_after(response.getheader("retry-after"))
         return answer
 
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        if self._https:
-            context = ssl.create_default_context()
-            if certificate := self.otlp.settings.certificate:
-                try:
-                    context.load_verify_locations(cafile=os.path.expanduser(certificate))
-                except (OSError, ssl.SSLError) as e:
-                    raise OSError(f"cannot load the collector's CA {certificate}: {getattr(e, 'strerror', None) or e}") from e
-            self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
-        else:
-            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        return self._conn
-
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._conn.close()
 
 
 def _states(db: Database, signal: str) -> dict[str, int]:

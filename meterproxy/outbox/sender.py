@@ -21,6 +21,7 @@ import http.client
 import json
 import logging
 import math
+import os
 import random
 import ssl
 import time
@@ -264,18 +265,67 @@ class Sender(DeliveryThread):
         return random.uniform(ceiling / 2, ceiling)
 
 
-class _Http:
-    """POSTs to the Logger over one kept-alive connection (never through a proxy)."""
+class KeptAlive:
+    """POSTs to one URL over one kept-alive connection (never through a proxy)."""
 
-    def __init__(self, forwarding: Forwarding):
-        self.forwarding = forwarding
-        parts = urlsplit(forwarding.endpoint)
+    def __init__(self, url: str, timeout: float, cafile: str | None = None, ca_name: str = "CA"):
+        parts = urlsplit(url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._flat = forwarding.settings.format == "flat"
+        self.timeout = timeout
+        self._cafile = cafile
+        """CA certificates to trust besides the system's (``ca_name`` names them in errors)."""
+        self._ca_name = ca_name
         self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: str | bytes, headers: dict[str, str], limit: int) -> tuple[http.client.HTTPResponse, bytes]:
+        """The response and at most ``limit`` bytes of its body; raises OSError or HTTPException when
+        the POST fails (a kept-alive connection the server closed while idle is retried once)."""
+        while True:
+            reused = self._conn is not None
+            try:
+                conn = self._conn or self._connect()
+                conn.request("POST", self._target, body, headers)
+                response = conn.getresponse()
+                data = response.read(limit)
+                if not response.isclosed():  # more body than we read: this connection is done
+                    self.close()
+                return response, data
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                if reused and isinstance(e, _STALE_CONNECTION):
+                    continue  # the server closed an idle kept-alive connection: not a failure
+                raise
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._https:
+            context = ssl.create_default_context()
+            if self._cafile:
+                try:
+                    context.load_verify_locations(cafile=os.path.expanduser(self._cafile))
+                except (OSError, ssl.SSLError) as e:
+                    raise OSError(f"cannot load the {self._ca_name} {self._cafile}: "
+                                  f"{getattr(e, 'strerror', None) or e}") from e
+            self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=context)
+        else:
+            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class _Http:
+    """POSTs receipts to the Logger (never through a proxy)."""
+
+    def __init__(self, forwarding: Forwarding):
+        self.forwarding = forwarding
+        self._conn = KeptAlive(forwarding.endpoint, forwarding.settings.timeout)
+        self._flat = forwarding.settings.format == "flat"
         self._headers = {"content-type": "application/json", "user-agent": f"meterproxy/{__version__}"}
         if key := forwarding.api_key:
             self._headers |= {"authorization": f"Bearer {key}", "x-api-key": key}
@@ -283,21 +333,10 @@ class _Http:
     def post(self, receipt_id: str, payload: str) -> Attempt:
         body = wire_body(payload, self._flat)
         headers = self._headers | {"idempotency-key": receipt_id}
-        while True:
-            reused = self._conn is not None
-            try:
-                conn = self._conn or self._connect()
-                conn.request("POST", self._target, body, headers)
-                response = conn.getresponse()
-                data = response.read(KEPT_BODY * 4)
-                if not response.isclosed():  # more body than we read: this connection is done
-                    self.close()
-                break
-            except (OSError, http.client.HTTPException) as e:
-                self.close()
-                if reused and isinstance(e, _STALE_CONNECTION):
-                    continue  # the Logger closed an idle kept-alive connection: not a failure
-                return Attempt(None, self.forwarding.scrub(_describe(e, self.forwarding.settings.timeout)))
+        try:
+            response, data = self._conn.post(body, headers, KEPT_BODY * 4)
+        except (OSError, http.client.HTTPException) as e:
+            return Attempt(None, self.forwarding.scrub(_describe(e, self._conn.timeout)))
         text = self.forwarding.scrub(data.decode("utf-8", "replace"))[:KEPT_BODY]
         attempt = Attempt(response.status, body=text)
         if attempt.outcome == "delivered":
@@ -310,19 +349,8 @@ class _Http:
             attempt.retry_after = _retry_after(response.getheader("retry-after"))
         return attempt
 
-    def _connect(self) -> http.client.HTTPConnection:
-        timeout = self.forwarding.settings.timeout
-        if self._https:
-            context = ssl.create_default_context()
-            self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
-        else:
-            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        return self._conn
-
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._conn.close()
 
 
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
