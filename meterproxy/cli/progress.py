@@ -55,28 +55,24 @@ def ticking(describe: Callable[[], str], every: float = EVERY) -> Iterator[None]
         with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=Console(stderr=True),
                       transient=True) as bar:
             task = bar.add_task(describe())
-            stop = threading.Event()
-
-            def refresh() -> None:
-                while not stop.wait(0.25):
-                    bar.update(task, description=describe())
-
-            thread = threading.Thread(target=refresh, daemon=True)
-            thread.start()
-            try:
+            with _repeating(0.25, lambda: bar.update(task, description=describe())):
                 yield
-            finally:
-                stop.set()
-                thread.join()
         return
-    stop = threading.Event()
     started = time.monotonic()
+    with _repeating(every, lambda: click.echo(f"{describe()} ({time.monotonic() - started:.0f}s)", err=True)):
+        yield
 
-    def tick() -> None:
-        while not stop.wait(every):
-            click.echo(f"{describe()} ({time.monotonic() - started:.0f}s)", err=True)
 
-    thread = threading.Thread(target=tick, daemon=True)
+@contextmanager
+def _repeating(seconds: float, action: Callable[[], None]) -> Iterator[None]:
+    """Call ``action`` every ``seconds`` on a thread of its own while the block runs."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(seconds):
+            action()
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         yield
