@@ -172,14 +172,7 @@ def m004_daily_views(db: Database) -> None:
     rollup.create_views(db)
 
 
-ALERT_COLUMNS: dict[str, type] = {
-    "alert_id": str,
-    "created_at": str,
-    "budget": str,
-    "window": str,
-    "level": str,
-    "message": str,
-    "payload": str,
+DELIVERY_COLUMNS: dict[str, type] = {
     "state": str,
     "attempts": int,
     "next_attempt_at": str,
@@ -188,6 +181,17 @@ ALERT_COLUMNS: dict[str, type] = {
     "last_error": str,
     "delivered_at": str,
 }
+"""A row's delivery to a remote destination (alerts, OpenTelemetry): state, attempts and last outcome."""
+
+ALERT_COLUMNS: dict[str, type] = {
+    "alert_id": str,
+    "created_at": str,
+    "budget": str,
+    "window": str,
+    "level": str,
+    "message": str,
+    "payload": str,
+} | DELIVERY_COLUMNS
 """One row per budget, window and level reached (meterproxy.budgets): ``state`` is pending, delivered,
 rejected (the webhook's 4xx) or logged (no webhook configured); the primary key makes each alert once."""
 
@@ -286,14 +290,7 @@ OTEL_OUTBOX_COLUMNS: dict[str, type] = {
     "signal": str,
     "created_at": str,
     "payload": str,
-    "state": str,
-    "attempts": int,
-    "next_attempt_at": str,
-    "last_attempt_at": str,
-    "last_status": int,
-    "last_error": str,
-    "delivered_at": str,
-}
+} | DELIVERY_COLUMNS
 """OpenTelemetry export (meterproxy.outbox.otel): one row per call and signal (``traces``,
 ``metrics``); ``state`` is pending, delivered or rejected."""
 
