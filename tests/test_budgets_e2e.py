@@ -149,7 +149,8 @@ def test_parallel_streams_against_room_for_five(home, upstream, start_proxy, cli
     assert sorted(results) == ["blocked"] * 15 + ["ok"] * 5
     assert len(upstream.received) == 5
     rows = proxy.wait_rows(20)
-    assert sorted(r["outcome"] for r in rows) == ["blocked"] * 15 + ["ok"] * 5
+    assert sorted(r["outcome"] for r in rows) == ["blocked"] * 15 + ["ok"] * 5, [
+        (r["outcome"], r["error"], r["usage_note"]) for r in rows if r["outcome"] not in ("ok", "blocked")]
     time.sleep(0.5)
     (state,) = budgets_of(proxy)
     assert (state["spent"], state["reserved"]) == (pytest.approx(sum(r["cost_usd"] for r in rows)), 0)

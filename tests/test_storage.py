@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meterproxy.meter.record import Meter
 from meterproxy.meter.storage import Storage, read_body
+from meterproxy.pricing.table import PriceTable
 from meterproxy.providers.base import decode_request
 from meterproxy.redact.engine import Redactor
 from meterproxy.wire.exchange import Exchange
 from meterproxy.wire.tap import Body
 
+FIXTURES = Path(__file__).parent / "fixtures"
 KEY = "sk-proj-abcDEF1234567890abcdefGHIJ"
 STARTED_AT = datetime(2026, 11, 22, 9, 15, 2, tzinfo=UTC).timestamp()
 
@@ -266,3 +270,15 @@ def test_each_finding_is_counted_once(policy: str) -> None:
     response = json.dumps({"choices": [{"message": {"content": f"use {KEY}"}}]}).encode()
     row = store(exchange({"messages": [{"role": "user", "content": USER}]}, response), policy)
     assert row["redactions"] == 3  # a path and an email in the request, a key in the response
+
+
+@pytest.mark.parametrize("data, outcome", [
+    ((FIXTURES / "openai" / "chat_stream_usage.sse").read_bytes(), "ok"),  # the whole stream, [DONE] included
+    ((FIXTURES / "openai" / "chat_stream_usage.sse").read_bytes()[:200], "client_aborted"),
+])
+def test_a_client_hanging_up_is_an_error_only_before_the_whole_answer(data: bytes, outcome: str) -> None:
+    """SDKs close the connection at ``[DONE]``; when the upstream has not ended its body yet, mitmproxy
+    reports "Client disconnected." for a call that was answered in full."""
+    request = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    ex = exchange(request, data, "text/event-stream", abort="client", error="Client disconnected.")
+    assert Meter(PriceTable.load()).record(ex).row["outcome"] == outcome

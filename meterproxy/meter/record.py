@@ -277,13 +277,16 @@ def _joined(*notes: str | None) -> str | None:
 
 
 def _outcome(ex: Exchange, parsed: ParsedResponse | None, request: RequestInfo) -> str:
-    if ex.abort == "client" and not _answered(ex, parsed, request):
-        return "client_aborted"
-    if ex.abort == "upstream":
+    if ex.abort == "client":
+        if not _answered(ex, parsed, request):
+            return "client_aborted"
+    elif ex.abort == "upstream":
         return "upstream_aborted"
-    if ex.abort == "proxy":
+    elif ex.abort == "proxy":
         return "proxy_aborted"
-    if ex.status is None or ex.status >= 400 or ex.error:
+    elif ex.error:
+        return "error"
+    if ex.status is None or ex.status >= 400:
         return "error"
     if parsed is not None:
         if parsed.error:
